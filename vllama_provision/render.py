@@ -1,0 +1,85 @@
+"""Rendering the files an instance runs from, with Ansible's own templating engine.
+
+The same templates (``templates/``) and the same template variables are used on the host by the
+role's ``ansible.builtin.template`` tasks and here by ``render`` and ``plan --diff``, with the
+overrides Ansible's template action uses, so what the CLI shows is byte for byte what lands on
+the host.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from vllama_provision import paths
+from vllama_provision.planner import HostPlan, InstancePlan
+
+# The header every rendered file starts with (through `{{ ansible_managed | comment }}`).
+MANAGED = "Managed by vllama-provision: local changes are overwritten on the next apply."
+
+# Ansible's template action defaults (plugins/action/template.py).
+_OVERRIDES = {"trim_blocks": True, "lstrip_blocks": False, "newline_sequence": "\n"}
+
+
+@dataclass
+class RenderedFile:
+    host: str
+    instance: str
+    template: str
+    dest: str
+    mode: str
+    validator: str
+    content: str
+
+
+def template_vars(plan: HostPlan, instance: InstancePlan) -> dict[str, Any]:
+    """The variables every template sees: the host plan, the instance plan and the release."""
+    host = asdict(plan)
+    host.pop("instances", None)
+    return {"_vllama_host": host, "_vllama_instance": asdict(instance),
+            "_vllama_release": instance.release, "ansible_managed": MANAGED}
+
+
+def render_template(template: str, variables: dict[str, Any]) -> str:
+    """Render one template from ``templates/`` exactly as Ansible's template module would."""
+    with contextlib.redirect_stderr(io.StringIO()):
+        from ansible.parsing.dataloader import DataLoader
+        from ansible.template import Templar, trust_as_template
+
+    root = paths.templates_dir()
+    source = root / template
+    text = trust_as_template(source.read_text(encoding="utf-8"))
+    templar = Templar(loader=DataLoader(), variables=variables)
+    env = templar.copy_with_new_env(searchpath=[str(root), str(source.parent)],
+                                    available_variables=variables)
+    result = env.template(text, escape_backslashes=False, overrides=_OVERRIDES)
+    return "" if result is None else str(result)
+
+
+def render_host(plan: HostPlan) -> list[RenderedFile]:
+    """Every file of every instance of a host, with its destination on the host."""
+    rendered: list[RenderedFile] = []
+    for instance in plan.instances:
+        variables = template_vars(plan, instance)
+        for spec in instance.files:
+            rendered.append(RenderedFile(
+                host=plan.host, instance=instance.name, template=spec["template"],
+                dest=spec["dest"].replace("{release}", instance.release), mode=spec["mode"],
+                validator=spec["validator"],
+                content=render_template(spec["template"], variables)))
+    return rendered
+
+
+def write_rendered(files: list[RenderedFile], out: Path) -> list[Path]:
+    """Write rendered files under OUT/HOST/<absolute destination>."""
+    written = []
+    for item in files:
+        target = out / item.host / item.dest.lstrip("/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(item.content, encoding="utf-8")
+        target.chmod(int(item.mode, 8))
+        written.append(target)
+    return written

