@@ -1,4 +1,4 @@
-"""Exception types. The CLI turns each into a message and an exit code; none is shown as a traceback."""
+"""Exception types. The CLI turns each into a message and an exit code, never a traceback."""
 
 from __future__ import annotations
 
