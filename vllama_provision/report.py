@@ -89,8 +89,10 @@ class Report:
 
     def table(self) -> str:
         """A per-host table for humans, one line per instance."""
-        rows = [("HOST", "STATUS", "CHANGED", "INSTANCE", "ENGINE", "RELEASE", "ENDPOINT",
-                 "VERIFIED")]
+        header = ("HOST", "STATUS", "CHANGED", "INSTANCE", "ENGINE", "RELEASE", "ENDPOINT",
+                  "VERIFIED")
+        rows: list[tuple[str, ...]] = [header]
+        details: dict[int, str] = {}
         for name, h in sorted(self.hosts.items()):
             first = True
             for inst in h.instances or [InstanceReport(name="-")]:
@@ -103,15 +105,14 @@ class Report:
                              inst.release or "-", inst.endpoint or "-", verified))
                 first = False
             if h.status in BAD_STATUSES and (h.failed_task or h.error):
-                detail = f"  {h.failed_task or ''}: {h.error or ''}".rstrip(": ")
-                rows.append(("", "", "", detail, "", "", "", ""))
-        widths = [max(len(r[i]) for r in rows if r[1] or i < 4) for i in range(len(rows[0]))]
+                details[len(rows) - 1] = "    " + ": ".join(
+                    p for p in (h.failed_task, h.error) if p)
+        widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
         lines = []
-        for r in rows:
-            if not r[1] and r[3].startswith("  ") and not r[4]:
-                lines.append(r[3])
-                continue
+        for index, r in enumerate(rows):
             lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+            if index in details:
+                lines.append(details[index])
         counts = self.summary()
         lines.append(", ".join(f"{counts[s]} {s}" for s in STATUSES if counts[s]) or "no hosts")
         return "\n".join(lines)

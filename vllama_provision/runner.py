@@ -51,10 +51,13 @@ class RunResult:
 
 
 def _phase(event_data: dict[str, Any]) -> str:
-    """The phase a task belongs to: its task file's name (preflight, install, configure...)."""
-    task_path = str(event_data.get("task_path") or "")
-    name = Path(task_path.split(":")[0]).stem if task_path else ""
-    return "" if name in ("", "main") else name
+    """The phase a task belongs to: its task file (preflight, install, configure, run...), or
+    the role for a role's main task file (base, facts)."""
+    task_path = Path(str(event_data.get("task_path") or "").split(":")[0])
+    if "tasks" in task_path.parts and task_path.stem != "main":
+        return task_path.stem
+    role = str(event_data.get("role") or "")
+    return role.removeprefix("vllama_") or "play"
 
 
 def _error_text(res: dict[str, Any]) -> str:

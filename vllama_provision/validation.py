@@ -30,6 +30,8 @@ MANAGED_FLAGS = frozenset({
     "--api-key", "--api_key", "--api-key-file", "--config_file",
 })
 
+OTHER_PREFIXES = ("vllama_lab", "vllama_base_", "vllama_facts")
+
 _GPU_UUID = re.compile(r"^(GPU|MIG)-[0-9a-fA-F-]{8,}$")
 
 
@@ -220,8 +222,9 @@ def validate_host(host: str, host_vars: Mapping[str, Any], *, file: str = "") ->
     """All static problems of one host's vllama_* variables."""
     where = {"file": file, "host": host}
     present = {k: v for k, v in host_vars.items() if str(k).startswith("vllama_")}
-    # vllama_lab_* variables are written by `lab up` for the tests; they are not role options.
-    present = {k: v for k, v in present.items() if not k.startswith("vllama_lab_")}
+    # Other roles' variables (vllama_base_*, vllama_facts*) and what `lab up` writes
+    # (vllama_lab*) share the prefix but are not engine options.
+    present = {k: v for k, v in present.items() if not k.startswith(OTHER_PREFIXES)}
     problems = schema.validate_mapping(present, schema.HOST_OPTIONS, where=where)
     instances = host_vars.get("vllama_instances")
     if not isinstance(instances, list):

@@ -41,9 +41,15 @@ def vllama_switches(stat_results):
     return switches
 
 
+def vllama_changed_units(rendered):
+    """Unit files (under /etc/systemd/) that a template task changed."""
+    return sorted({r["dest"] for r in rendered
+                   if r.get("changed") and str(r.get("dest", "")).startswith("/etc/systemd/")})
+
+
 def vllama_restarts(switches, rendered):
     """Instances to restart: their release switched, or their unit file changed."""
-    changed_units = {r.get("dest") for r in rendered if r.get("changed")}
+    changed_units = set(vllama_changed_units(rendered))
     return [s for s in switches
             if s["switch"] or f"/etc/systemd/system/{s['unit']}" in changed_units]
 
@@ -53,4 +59,5 @@ class FilterModule:
         return {"vllama_missing_wheels": vllama_missing_wheels,
                 "vllama_switches": vllama_switches,
                 "vllama_restarts": vllama_restarts,
+                "vllama_changed_units": vllama_changed_units,
                 "vllama_instance_path": vllama_instance_path}
