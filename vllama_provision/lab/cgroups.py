@@ -114,7 +114,10 @@ def is_frozen(lab: str, host: str) -> bool:
 
 def kill_all(lab: str, host: str | None = None, timeout: float = 10.0) -> None:
     """SIGKILL everything left in the cgroups (thawing first) and wait until they are empty."""
-    hosts = [host] if host else [p.name for p in existing(lab) for p in p.iterdir() if p.is_dir()]
+    if host:
+        hosts = [host]
+    else:
+        hosts = [sub.name for base in existing(lab) for sub in base.iterdir() if sub.is_dir()]
     for h in set(hosts):
         with contextlib.suppress(LabError, OSError):
             freeze(lab, h, frozen=False)

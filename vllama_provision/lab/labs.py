@@ -67,6 +67,8 @@ def _lowers(opts: UpOptions) -> tuple[str, list[str]]:
         snap = snapshots.load(opts.from_snapshot)
         if opts.suite and opts.suite != snap.suite:
             raise UsageError(f"snapshot {snap.name!r} is {snap.suite}, not {opts.suite}")
+        if opts.user is None and snap.users:
+            opts.user = snap.users[0]  # the snapshot's login user stays usable for `become`
         return snap.suite, snap.layers
     suite = opts.suite or golden.DEFAULT_SUITE
     return suite, [str(golden.ensure(suite))]

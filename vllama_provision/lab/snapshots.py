@@ -16,7 +16,13 @@ from pathlib import Path
 
 from vllama_provision.errors import LabError, UsageError
 from vllama_provision.lab import cgroups, host
-from vllama_provision.lab.state import find_host, snapshots_root, validate_snapshot_name
+from vllama_provision.lab.state import (
+    find_host,
+    lab_names,
+    load_or_none,
+    snapshots_root,
+    validate_snapshot_name,
+)
 from vllama_provision.lab.system import run
 
 # Files that belong to one host and must not follow it into others.
@@ -106,4 +112,11 @@ def remove(name: str) -> None:
     path = snapshots_root() / name
     if not path.is_dir():
         raise UsageError(f"there is no snapshot {name!r}")
+    layer = str(path / "upper")
+    users = [f"host {h.name}" for lab in lab_names() if (st := load_or_none(lab))
+             for h in st.hosts if layer in h.lowers]
+    users += [f"snapshot {other}" for other in list_names()
+              if other != name and layer in load(other).lowers]
+    if users:
+        raise UsageError(f"snapshot {name!r} is in use by {', '.join(users)}")
     shutil.rmtree(path)
