@@ -89,4 +89,10 @@ def parse_model(raw: object) -> ModelRef:
         if raw.startswith(("~", ".")) or "/" not in raw:
             raise ModelRefError("is neither an absolute path nor ORG/NAME")
         raise ModelRefError("is not a valid Hugging Face id")
-    return ModelRef("hf", raw, repo=m.group("repo"), revision=m.group("rev") or "")
+    rev = m.group("rev") or ""
+    # Revisions are git refs or commits: no '..', no empty or hidden components (git
+    # check-ref-format). The revision names a folder of the model store, so '..' would escape it.
+    if rev and (".." in rev or any(not part or part.startswith(".") for part in rev.split("/"))):
+        raise ModelRefError("the revision after '@' is not a valid git ref (no '..', no empty "
+                            "component, none starting with '.')")
+    return ModelRef("hf", raw, repo=m.group("repo"), revision=rev)
