@@ -19,7 +19,7 @@ import yaml
 
 from vllama_provision import schema
 from vllama_provision.errors import InventoryError, Problem, UsageError
-from vllama_provision.validation import validate_host
+from vllama_provision.validation import near_miss_host_option, validate_host
 
 os.environ.setdefault("ANSIBLE_INVENTORY_UNPARSED_FAILED", "1")
 
@@ -229,7 +229,8 @@ def _resolve_hosts(path: Path, limit: str | None) -> dict[str, HostSpec]:
             templar = Templar(loader=loader, variables=raw)
             resolved: dict[str, Any] = {}
             for key in list(raw):
-                if not (key.startswith("vllama_") or key in _CONNECTION_VARS):
+                if not (key.startswith("vllama_") or key in _CONNECTION_VARS
+                        or near_miss_host_option(key)):
                     continue
                 try:
                     resolved[key] = _plain(templar.template(raw[key]))

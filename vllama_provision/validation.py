@@ -6,12 +6,14 @@ Called by the CLI before any host is contacted and by the role's preflight (thro
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import os
 import re
 import stat
 from collections import defaultdict
 from collections.abc import Mapping
+from pathlib import PurePosixPath
 from typing import Any
 
 from vllama_provision import schema
@@ -66,6 +68,18 @@ def compatibility_refusal(engine: str, deploy: str, platform: str) -> str:
     return ""
 
 
+def near_miss_host_option(key: object) -> str:
+    """The host option a variable outside the vllama_ namespace was almost certainly meant to
+    be (``vlama_platform``, ``llama_instances``), or ''. Strict cutoff: hosts carry many other
+    variables, none of which comes close to a vllama_ name."""
+    name = str(key)
+    if name.startswith("vllama_"):
+        return ""
+    match = difflib.get_close_matches(name.lower(), sorted(schema.HOST_OPTION_NAMES), n=1,
+                                      cutoff=0.85)
+    return match[0] if match else ""
+
+
 def _platform_of(host_vars: Mapping[str, Any]) -> str | None:
     value = host_vars.get("vllama_platform", "auto")
     return value if value in PLATFORMS else None
@@ -104,6 +118,10 @@ def _check_instance(inst: Mapping[str, Any], platform: str | None,
                                     has_value=True, allowed=MODEL_ALLOWED, **where))
 
     model_file = inst.get("model_file") or ""
+    if isinstance(model_file, str) and ".." in PurePosixPath(model_file).parts:
+        problems.append(Problem("must stay inside the model's repository or folder",
+                                variable="model_file", value=model_file, has_value=True,
+                                allowed="a relative path without '..'", **where))
     if ref is not None and engine == "vllm" and ref.is_gguf(model_file):
         problems.append(Problem(
             "vLLM does not load GGUF files", variable="model_file" if model_file else "model",
@@ -226,6 +244,11 @@ def validate_host(host: str, host_vars: Mapping[str, Any], *, file: str = "") ->
     # (vllama_lab*) share the prefix but are not engine options.
     present = {k: v for k, v in present.items() if not k.startswith(OTHER_PREFIXES)}
     problems = schema.validate_mapping(present, schema.HOST_OPTIONS, where=where)
+    for key in host_vars:
+        meant = near_miss_host_option(key)
+        if meant:
+            problems.append(Problem("unknown variable (the role ignores it)", variable=str(key),
+                                    suggestion=meant, **where))
     instances = host_vars.get("vllama_instances")
     if not isinstance(instances, list):
         return problems
@@ -261,5 +284,14 @@ def validate_host(host: str, host_vars: Mapping[str, Any], *, file: str = "") ->
             problems.append(Problem(f"is used by more than one instance ({', '.join(users)})",
                                     variable="port", value=port, has_value=True,
                                     allowed="a unique port per host", **where))
+    # engine auto on a host whose platform comes from facts: the port is not known yet, but
+    # every such instance gets the same engine, hence the same default port.
+    unknown = [str(i.get("name")) for i in good if effective_port(i, platform) is None]
+    if len(unknown) > 1:
+        problems.append(Problem(
+            f"is left unset by more than one instance with engine auto ({', '.join(unknown)}); "
+            "they all get the same engine's default port", variable="port",
+            allowed="a unique port per host (default 8000 for vLLM, 8080 for llama.cpp)",
+            **where))
     problems += _check_shared_gpus(good, platform, where)
     return problems
