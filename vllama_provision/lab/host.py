@@ -152,7 +152,7 @@ def prepare(lab: str, host: HostState) -> None:
 
 
 def start(lab: str, host: HostState) -> None:
-    """Start the host's supervisor, detached (``setsid -f``), and wait for it to report in."""
+    """Start the host's supervisor, detached (``setsid -f``); see :func:`wait_started`."""
     paths = HostPaths(lab, host.name)
     for name in ("exit.status", "supervisor.pid", "nspawn.pid", "leader.pid"):
         (paths.root / name).unlink(missing_ok=True)
@@ -164,10 +164,15 @@ def start(lab: str, host: HostState) -> None:
         subprocess.run(["setsid", "-f", sys.executable, "-m", "vllama_provision.lab.supervisor",
                         str(paths.root)], stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                        env=env, cwd="/", check=True)
-    deadline = time.monotonic() + 15
+
+
+def wait_started(lab: str, name: str, timeout: float = 30) -> None:
+    """Wait until the supervisor has moved into its cgroups and recorded its pid."""
+    paths = HostPaths(lab, name)
+    deadline = time.monotonic() + timeout
     while not paths.supervisor_pid.exists():
         if time.monotonic() > deadline:
-            raise LabError(f"host {host.name}: the supervisor did not start; see "
+            raise LabError(f"host {name}: the supervisor did not start; see "
                            f"{paths.supervisor_log}:\n{paths.supervisor_log.read_text()[-2000:]}")
         time.sleep(0.02)
 

@@ -148,10 +148,12 @@ def up(opts: UpOptions) -> LabState:
     ssh.ensure_key()
     state, new = _allocate(opts, suite, lowers)
     try:
-        for h in new:
-            host.prepare(state.name, h)
+        with ThreadPoolExecutor(max_workers=min(8, len(new))) as pool:
+            list(pool.map(lambda h: host.prepare(state.name, h), new))
         for h in new:
             host.start(state.name, h)
+        for h in new:
+            host.wait_started(state.name, h.name)
         _wait_ready(state.name, new, boot_timeout())
     except BaseException:
         _remove_hosts(state.name, [h.name for h in new])
