@@ -10,6 +10,7 @@ the role hand them. Validators: ``systemd-analyze verify`` (any output fails), C
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -232,7 +233,7 @@ def test_gpu_profile(cases: dict[str, Case], name: str) -> None:
     assert unit_values(unit, "DevicePolicy") == ["closed"]
     assert set(unit_values(unit, "DeviceAllow")) == {
         "char-nvidia-frontend rw", "char-nvidia-uvm rw", "char-nvidia-caps r"}
-    assert unit_values(unit, "SupplementaryGroups") == ["video render"]
+    assert unit_values(unit, "SupplementaryGroups") == ["video"]
     assert "AF_NETLINK" in unit_values(unit, "RestrictAddressFamilies")[0]
 
 
@@ -489,3 +490,120 @@ def test_security_exposure(every_file: list, capsys: pytest.CaptureFixture[str],
     assert cpu_llama and all(r[0] <= MAX_EXPOSURE for r in cpu_llama)
     # Every unit stays in the "OK" band or better; a regression in hardening fails here.
     assert all(r[0] <= MAX_EXPOSURE for r in rows), rows
+
+
+# ---------------------------------------------------------------------------------------------
+# The readiness wait in ExecStartPost, run for real against a local HTTP server
+
+
+def exec_start_post_code(unit: str) -> str:
+    """The Python program of ExecStartPost=..python -c "CODE", unescaped as systemd does (the
+    word is double-quoted; C escapes like \\n are decoded; the code uses no other escapes)."""
+    value = unit_values(unit, "ExecStartPost")[0]
+    match = re.fullmatch(r'\S+/engine/bin/python -c "(.*)"', value)
+    assert match, value
+    code = match.group(1)
+    assert not re.search(r'\\[^n]|[%$]', code), "only \\n escapes; no specifiers or $"
+    return code.replace("\\n", "\n")
+
+
+class _Engine:
+    """A fake engine: 503 for the first requests, then 200 with a model list."""
+
+    def __init__(self, served: str, key: str, failures: int) -> None:
+        import http.server
+        import threading
+
+        state = {"calls": 0, "auth": []}
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                state["calls"] += 1
+                state["auth"].append(self.headers.get("Authorization"))
+                ok = state["calls"] > failures and (
+                    not key or self.headers.get("Authorization") == f"Bearer {key}")
+                body = json.dumps({"object": "list", "data": [{"id": served}]}).encode()
+                self.send_response(200 if ok else 503)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.state = state
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+
+@pytest.mark.parametrize("name", ["cpu-llamacpp-native", "cpu-vllm-native"])
+def test_readiness_wait_runs(cases: dict[str, Case], name: str) -> None:
+    import subprocess
+    import sys
+
+    case = cases[name]
+    code = exec_start_post_code(case.file("systemd").content)
+    env, _ = validators.parse_env_file(case.file("env").content)
+    key = "probe-key" if env["VLLAMA_READY_KEY_ENV"] else ""
+    served = env["VLLAMA_READY_NAME"] or "whatever"
+    engine = _Engine(served, key, failures=1)
+    try:
+        path = env["VLLAMA_READY_URL"].split("/", 3)[3]
+        run_env = {"VLLAMA_READY_URL": f"{engine.url}/{path}",
+                   "VLLAMA_READY_NAME": env["VLLAMA_READY_NAME"],
+                   "VLLAMA_READY_KEY_ENV": env["VLLAMA_READY_KEY_ENV"],
+                   "http_proxy": "http://192.0.2.1:9", "PATH": "/usr/bin:/bin"}
+        if key:
+            run_env[env["VLLAMA_READY_KEY_ENV"]] = key
+        done = subprocess.run([sys.executable, "-c", code], env=run_env, capture_output=True,
+                              text=True, timeout=60, check=False)
+    finally:
+        engine.close()
+    assert done.returncode == 0, done.stderr
+    assert "engine ready" in done.stdout
+    assert engine.state["calls"] == 2  # a 503 waited out, ready on the second
+    assert set(engine.state["auth"]) == ({f"Bearer {key}"} if key else {None})
+
+
+def test_readiness_wait_needs_the_served_name(cases: dict[str, Case]) -> None:
+    import subprocess
+    import sys
+
+    case = cases["cpu-llamacpp-native"]
+    code = exec_start_post_code(case.file("systemd").content)
+    engine = _Engine("some-other-model", "", failures=0)
+    try:
+        with pytest.raises(subprocess.TimeoutExpired):
+            subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=4,
+                           env={"VLLAMA_READY_URL": f"{engine.url}/v1/models",
+                                "VLLAMA_READY_NAME": "smollm2-135m-instruct"}, check=False)
+    finally:
+        engine.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Smaller template decisions
+
+
+def test_models_under_home_stay_readable(tmp_path: Path, key_file: Path) -> None:
+    facts_file, instance = CASES["cpu-llamacpp-native"]
+    inventory = {"all": {"hosts": {"h": {"ansible_host": "192.0.2.50",
+                                         "vllama_models_root": "/home/ai/models",
+                                         "vllama_instances": [instance]}}}}
+    path = tmp_path / "home.yml"
+    path.write_text(yaml.safe_dump(inventory), encoding="utf-8")
+    plan = plan_host(next(iter(load_inventory(path))), gpu.load_host_facts(FACTS / facts_file))
+    unit = next(f.content for f in render_host(plan) if f.validator == "systemd")
+    assert unit_values(unit, "ProtectHome") == ["read-only"]
+
+
+def test_container_capabilities(cases: dict[str, Case]) -> None:
+    for name in ("gpu-vllm-container", "cpu-llamacpp-container"):
+        engine = compose_of(cases[name])
+        assert engine["cap_drop"] == ["ALL"]
+        assert engine["cap_add"] == ["DAC_OVERRIDE"]
+        assert engine["init"] is True
