@@ -35,9 +35,12 @@ from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
+
+if TYPE_CHECKING:
+    from vllama_provision.planner import InstancePlan
 
 SYSTEM_UNIT_DIRS = (Path("/usr/lib/systemd/system"), Path("/lib/systemd/system"))
 UNIT_DIR = "/etc/systemd/system"
@@ -114,13 +117,15 @@ def unit_dependencies(text: str) -> list[str]:
     return found
 
 
-def _write_stub(root: Path, program: str) -> None:
+def _write_stub(root: Path, program: str) -> Path | None:
+    """An executable stand-in for ``program`` inside ``root``; None when one exists already."""
     target = root / program.lstrip("/")
     if target.exists() or target.is_symlink():
-        return
+        return None
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(_STUB, encoding="utf-8")
     target.chmod(0o755)
+    return target
 
 
 @contextmanager
@@ -141,25 +146,30 @@ def _unit_root(text: str, unit_name: str, root: Path | None,
             if source is None:
                 raise ValidatorUnavailable("no system unit folder (/usr/lib/systemd/system)")
             shutil.copytree(source, units, symlinks=True)
-        declared = set(host_executables)
-        for program in unit_exec_paths(text):
-            if program in declared or os.access(program, os.X_OK):
-                _write_stub(base, program)
-        for unit in host_units:
-            stub = base / "usr/lib/systemd/system" / unit
-            if not stub.exists() and not (base / UNIT_DIR.lstrip("/") / unit).exists():
-                stub.parent.mkdir(parents=True, exist_ok=True)
-                stub.write_text(f"[Unit]\nDescription=stub of {unit} (validation only)\n",
-                                encoding="utf-8")
-        unit_path = base / UNIT_DIR.lstrip("/") / unit_name
-        unit_path.parent.mkdir(parents=True, exist_ok=True)
-        if unit_path.exists():
-            raise FileExistsError(f"{unit_path} exists already in {base}")
-        unit_path.write_text(text, encoding="utf-8")
+        created: list[Path] = []  # removed afterwards: a caller's root is left as it was
         try:
+            declared = set(host_executables)
+            for program in unit_exec_paths(text):
+                if program in declared or os.access(program, os.X_OK):
+                    stub = _write_stub(base, program)
+                    created += [stub] if stub else []
+            for unit in host_units:
+                stub = base / "usr/lib/systemd/system" / unit
+                if not stub.exists() and not (base / UNIT_DIR.lstrip("/") / unit).exists():
+                    stub.parent.mkdir(parents=True, exist_ok=True)
+                    stub.write_text(f"[Unit]\nDescription=stub of {unit} (validation only)\n",
+                                    encoding="utf-8")
+                    created.append(stub)
+            unit_path = base / UNIT_DIR.lstrip("/") / unit_name
+            unit_path.parent.mkdir(parents=True, exist_ok=True)
+            if unit_path.exists():
+                raise FileExistsError(f"{unit_path} exists already in {base}")
+            unit_path.write_text(text, encoding="utf-8")
+            created.append(unit_path)
             yield base
         finally:
-            unit_path.unlink(missing_ok=True)
+            for path in created:
+                path.unlink(missing_ok=True)
 
 
 def _run(argv: list[str], cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -177,7 +187,7 @@ def verify_systemd_unit(path_or_text: str | Path, root: Path | None = None, *,
     ``path_or_text``: a unit file or the unit's text (then give ``unit_name``, the name the unit
     has on the host, e.g. ``vllama-qwen.service``). ``root``: verify inside this tree (for
     example a host's root filesystem) instead of a temporary one built from the controller's
-    system units; the unit is placed in it for the run and removed afterwards.
+    system units; the unit and any stubs are placed in it for the run and removed afterwards.
     """
     tool = _systemd_analyze()
     text, name = _unit_source(path_or_text, unit_name)
@@ -564,3 +574,28 @@ def _argv_difference(got: list[str], want: list[str]) -> str:
         if a != b:
             return f"argv word {index} reads back as {a!r}, expected {b!r}"
     return f"argv reads back with {len(got)} words, expected {len(want)}"
+
+
+# --------------------------------------------------------------------------------------------
+# One entry point for rendered files
+
+
+def host_programs(instance: InstancePlan) -> list[str]:
+    """Programs the units run that the role installs on the host (absent on a controller)."""
+    return [f"{instance.paths['current']}/engine/bin/python", "/usr/bin/docker"]
+
+
+def validate_file(validator: str, content: str, *, dest: str,
+                  instance: InstancePlan) -> list[str]:
+    """Run the validator the planner named for a rendered file (``RenderedFile.validator``)."""
+    if validator == "systemd":
+        return verify_systemd_unit(content, unit_name=Path(dest).name,
+                                   host_executables=host_programs(instance),
+                                   host_units=["docker.service"])
+    if validator == "compose":
+        return verify_compose(content)
+    if validator == "plist":
+        return verify_plist(content)
+    if validator == "env":
+        return verify_env_file(content, instance.argv, instance.env)
+    raise ValueError(f"unknown validator {validator!r} for {dest}")

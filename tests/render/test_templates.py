@@ -141,22 +141,12 @@ def every_file(cases: dict[str, Case], examples: dict[str, Case],
 
 
 def host_executables(instance: InstancePlan) -> list[str]:
-    """Programs the role installs on the host that the units run (absent on the controller)."""
-    return [f"{instance.paths['current']}/engine/bin/python", "/usr/bin/docker"]
+    return validators.host_programs(instance)
 
 
 def validate(instance: InstancePlan, item: RenderedFile) -> list[str]:
-    if item.validator == "systemd":
-        return validators.verify_systemd_unit(
-            item.content, unit_name=Path(item.dest).name,
-            host_executables=host_executables(instance), host_units=["docker.service"])
-    if item.validator == "compose":
-        return validators.verify_compose(item.content)
-    if item.validator == "plist":
-        return validators.verify_plist(item.content)
-    if item.validator == "env":
-        return validators.verify_env_file(item.content, instance.argv, instance.env)
-    raise AssertionError(f"{item.template}: unknown validator {item.validator!r}")
+    return validators.validate_file(item.validator, item.content, dest=item.dest,
+                                    instance=instance)
 
 
 def unit_values(text: str, key: str) -> list[str]:

@@ -66,7 +66,12 @@ def test_verify_unit_from_a_file_and_in_a_given_root(tmp_path: Path) -> None:
     root = tmp_path / "root"
     shutil.copytree("/usr/lib/systemd/system", root / "usr/lib/systemd/system")
     assert validators.verify_systemd_unit(unit, root) == []
-    assert not (root / "etc/systemd/system/x.service").exists()  # removed afterwards
+    assert validators.verify_systemd_unit(GOOD_UNIT, root, unit_name="y.service",
+                                          host_executables=["/opt/engine/bin/python"]) == []
+    # The unit and the stub program are removed afterwards.
+    assert not (root / "etc/systemd/system/x.service").exists()
+    assert not (root / "etc/systemd/system/y.service").exists()
+    assert not (root / "opt/engine/bin/python").exists()
 
 
 def test_security_exposure_orders_units() -> None:
