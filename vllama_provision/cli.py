@@ -99,7 +99,7 @@ def plan(inventory: Path, limit: str | None, json_out: str | None, diff: bool) -
                                                              inst.served_name)
     if diff:
         _apply_like("plan", inventory, limit, check=True, diff=True, verbose=0, json_out=None,
-                    tags=["vllama_engine_preflight", "vllama_engine_configure"], exit=False)
+                    tags=["vllama_preflight", "vllama_configure"], exit=False)
     if json_out:
         report.write_json(json_out)
     sys.exit(report.exit_code)

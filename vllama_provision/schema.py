@@ -333,6 +333,6 @@ def defaults_yaml() -> str:
 
 
 def role_files() -> dict[str, str]:
-    """Generated files of the vllama_engine role, relative to the roles folder."""
-    return {"vllama_engine/meta/argument_specs.yml": argument_specs_yaml(),
-            "vllama_engine/defaults/main.yml": defaults_yaml()}
+    """Generated files of the vllama role, relative to the roles folder."""
+    return {"vllama/meta/argument_specs.yml": argument_specs_yaml(),
+            "vllama/defaults/main.yml": defaults_yaml()}

@@ -1,4 +1,4 @@
-"""Filters of the vllama_engine role."""
+"""Filters of the vllama role."""
 
 from __future__ import annotations
 
