@@ -84,10 +84,33 @@ def _case_id(case: dict, command: str) -> str:
 
 
 PAIRS = [(case, command) for case in CASES for command in case.get("commands", ["plan"])]
+WORLD_READABLE = next(c for c in CASES if c["file"] == "api-key-file-world-readable.yml")
+
+
+def _private_key_inventory(work: Path) -> Path:
+    path, _ = _materialise(WORLD_READABLE, work)
+    (work / "keys" / "qwen.key").chmod(0o600)
+    return path
+
+
+# Runs the tests below need besides the cases: (key, arguments after the command, file).
+EXTRA = {
+    "good": lambda work: (["plan", str(BAD / "good.yml")], BAD / "good.yml"),
+    "private-key": lambda work: (["plan", str(_private_key_inventory(work))],
+                                 work / WORLD_READABLE["file"]),
+    "many": lambda work: (["plan", str(BAD / "many-problems.yml")], BAD / "many-problems.yml"),
+    "limit:plan": lambda work: (["plan", str(BAD / "good.yml"), "--limit", "gpu-99"],
+                                BAD / "good.yml"),
+    "limit:apply": lambda work: (["apply", str(BAD / "good.yml"), "--limit", "gpu-99"],
+                                 BAD / "good.yml"),
+    "missing": lambda work: (["plan", str(work / "no-such-inventory.yml")],
+                             work / "no-such-inventory.yml"),
+}
 
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Run, dict]]:
+    """Every run of this module, started concurrently once."""
     base = tmp_path_factory.mktemp("bad-inventories")
     jobs = {}
     with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2)) as pool:
@@ -96,6 +119,11 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Run, di
             path, filled = _materialise(case, work)
             future = pool.submit(run_cli, [command, str(path)], path, work)
             jobs[_case_id(case, command)] = (future, filled)
+        for key, build in EXTRA.items():
+            work = base / key.replace(":", "-")
+            work.mkdir()
+            args, path = build(work)
+            jobs[key] = (pool.submit(run_cli, args, path, work), {})
         return {key: (future.result(), filled) for key, (future, filled) in jobs.items()}
 
 
@@ -164,26 +192,23 @@ def test_cases_cover_every_fixture() -> None:
     assert len(listed) >= 30
 
 
-def test_good_control_is_accepted(tmp_path: Path) -> None:
+def test_good_control_is_accepted(results) -> None:
     """The control inventory passes, so the refusals above are about their one defect."""
-    run = run_cli(["plan", str(BAD / "good.yml")], BAD / "good.yml", tmp_path)
+    run, _ = results["good"]
     assert run.returncode == 0, run.stderr
     assert "gpu-01" in run.stdout and "qwen" in run.stdout
 
 
-def test_private_api_key_file_is_accepted(tmp_path: Path) -> None:
+def test_private_api_key_file_is_accepted(results) -> None:
     """The world-readable key case fails because of the mode, not because of the path."""
-    case = next(c for c in CASES if c["file"] == "api-key-file-world-readable.yml")
-    path, _ = _materialise(case, tmp_path)
-    (tmp_path / "keys" / "qwen.key").chmod(0o600)
-    run = run_cli(["plan", str(path)], path, tmp_path)
+    run, _ = results["private-key"]
     assert run.returncode == 0, run.stderr
 
 
-def test_all_problems_are_reported_at_once(tmp_path: Path) -> None:
+def test_all_problems_are_reported_at_once(results) -> None:
     """One run lists every problem of every host, not only the first one found."""
-    path = BAD / "many-problems.yml"
-    run = run_cli(["plan", str(path)], path, tmp_path)
+    run, _ = results["many"]
+    path = run.file
     _assert_refused(run)
     expected = [
         ("host gpu-01, instance qwen, prot:", "did you mean 'port'?"),
@@ -200,23 +225,22 @@ def test_all_problems_are_reported_at_once(tmp_path: Path) -> None:
     assert len(problems) >= len(expected)
 
 
-def test_limit_matching_no_host(tmp_path: Path) -> None:
+def test_limit_matching_no_host(results) -> None:
     path = BAD / "good.yml"
     for command in ("plan", "apply"):
-        run = run_cli([command, str(path), "--limit", "gpu-99"], path, tmp_path / command)
+        run, _ = results[f"limit:{command}"]
         _assert_refused(run)
         assert f"--limit gpu-99 matches no host in {path}; hosts: gpu-01" in run.stderr
         assert not (run.state_dir / "runs").exists()
 
 
-def test_missing_inventory_file(tmp_path: Path) -> None:
-    path = tmp_path / "no-such-inventory.yml"
-    run = run_cli(["plan", str(path)], path, tmp_path)
+def test_missing_inventory_file(results) -> None:
+    run, _ = results["missing"]
     _assert_refused(run)
-    assert f"{path}: no such inventory file" in run.stderr
+    assert f"{run.file}: no such inventory file" in run.stderr
 
 
-def test_ansible_alone_accepts_a_broken_file(tmp_path: Path) -> None:
+def test_ansible_alone_accepts_a_broken_file(results, tmp_path: Path) -> None:
     """Why the YAML is parsed strictly first: Ansible alone only warns on a YAML syntax error
     and exits 0 with an empty inventory; with ANSIBLE_INVENTORY_UNPARSED_FAILED=1 it fails."""
     path = BAD / "yaml-syntax-error.yml"
@@ -231,6 +255,6 @@ def test_ansible_alone_accepts_a_broken_file(tmp_path: Path) -> None:
     strict = subprocess.run(argv, capture_output=True, text=True, cwd=tmp_path, timeout=120,
                             env={**env, "ANSIBLE_INVENTORY_UNPARSED_FAILED": "1"}, check=False)
     assert strict.returncode != 0
-    ours = run_cli(["plan", str(path)], path, tmp_path / "ours")
+    ours, _ = results["plan:yaml-syntax-error.yml"]
     _assert_refused(ours)
 
