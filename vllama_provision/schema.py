@@ -204,12 +204,19 @@ def _type_ok(opt_type: str, value: Any) -> bool:
     return True
 
 
+def allowed_text(opt: Option) -> str:
+    """What an option accepts, in words: its choices, else its range or pattern."""
+    if opt.choices:
+        return ", ".join(map(str, opt.choices))
+    return opt.constraint_text()
+
+
 def check_value(opt: Option, value: Any) -> tuple[str, str] | None:
     """Check one value against its option. Returns (message, allowed) when it is wrong."""
     if not _type_ok(opt.type, value):
-        return f"must be {_TYPE_WORDS.get(opt.type, opt.type)}", ""
+        return f"must be {_TYPE_WORDS.get(opt.type, opt.type)}", allowed_text(opt)
     if opt.choices and value not in opt.choices:
-        return "is not one of the allowed values", ", ".join(map(str, opt.choices))
+        return "is not one of the allowed values", allowed_text(opt)
     if opt.type in ("int", "float"):
         low, high = opt.minimum, opt.maximum
         too_low = low is not None and (value <= low if opt.exclusive_minimum else value < low)
@@ -251,7 +258,8 @@ def validate_mapping(data: Mapping[str, Any], options: Sequence[Option], *, wher
                                     allowed=allowed, **where))
     for opt in options:
         if opt.required and data.get(opt.name) in (None, ""):
-            problems.append(Problem("is required", variable=opt.name, **where))
+            problems.append(Problem("is required", variable=opt.name,
+                                    allowed=allowed_text(opt), **where))
     return problems
 
 
