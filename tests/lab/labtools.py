@@ -55,4 +55,5 @@ def leftovers(lab: str) -> dict[str, list[str]]:
         mounts = [line.strip() for line in fh if folder in line]
     groups = [str(p) for p in cgroups.existing(lab)]
     folders = [folder] if Path(folder).exists() else []
+    folders += [str(p) for p in Path("/run/systemd/nspawn/propagate").glob(f"{lab}-*")]
     return {"processes": procs, "mounts": mounts, "cgroups": groups, "folders": folders}

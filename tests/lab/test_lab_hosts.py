@@ -170,6 +170,7 @@ def test_down_leaves_nothing_and_spares_other_labs(lab_factory) -> None:
     gone = lab_factory(2, isolated=True, models_size="16M")
     gone.hosts[0].ssh("true")
     assert all(leftovers(gone.name).values())  # the check sees a running lab
+    gone.pause(gone.hosts[1].name)  # a paused host is thawed and halted too
     gone.down()
     assert leftovers(gone.name) == {"processes": [], "mounts": [], "cgroups": [], "folders": []}
     assert keep.hosts[0].ssh("hostname").stdout.strip() == keep.hosts[0].name
@@ -187,3 +188,17 @@ def test_down_cleans_up_after_a_killed_run(lab_factory) -> None:
     assert lab.status(h.name) == "stopped"
     lab.down()
     assert leftovers(lab.name) == {"processes": [], "mounts": [], "cgroups": [], "folders": []}
+
+
+def test_fuse_and_docker_flags_reach_the_host(lab_factory) -> None:
+    lab = lab_factory(1, fuse=True, docker=True)
+    h = lab.hosts[0]
+    assert h.ssh("test -c /dev/fuse && echo fuse").stdout.strip() == "fuse"
+    # Docker needs the unified cgroup hierarchy, every capability and a real /var/lib/docker.
+    assert h.ssh("stat -fc %T /sys/fs/cgroup").stdout.strip() == "cgroup2fs"
+    cap_sys_module = ("python3 -c \"import re; s=open('/proc/1/status').read(); "
+                      "print(int(re.search(r'CapBnd:\\s*(\\w+)', s)[1], 16) >> 16 & 1)\"")
+    assert h.ssh(cap_sys_module).stdout.strip() == "1"
+    assert h.ssh("grep -c ' /var/lib/docker ' /proc/self/mountinfo").stdout.strip() == "1"
+    h.ssh("echo kept > /var/lib/docker/probe")
+    assert (lab_host.HostPaths(lab.name, h.name).docker / "probe").read_text() == "kept\n"

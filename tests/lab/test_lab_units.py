@@ -119,3 +119,18 @@ def test_up_options_are_checked(field: str, value: object) -> None:
 
 def test_capability_check_names_what_is_missing() -> None:
     assert any("not root" in m for m in missing_capabilities(uid=1000))
+
+
+def test_plugin_skips_loudly_or_fails_under_ci(monkeypatch) -> None:
+    from vllama_provision.lab import pytest_plugin
+
+    monkeypatch.setattr(pytest_plugin, "missing_capabilities",
+                        lambda **_: ["running as uid 1000, not root"])
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match=r"LAB HOSTS UNAVAILABLE.*not root"):
+        pytest_plugin.require_lab()
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="CI=true"):
+        pytest_plugin.require_lab()
+    monkeypatch.setattr(pytest_plugin, "missing_capabilities", lambda **_: [])
+    pytest_plugin.require_lab()  # a capable machine runs the test

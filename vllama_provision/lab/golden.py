@@ -204,14 +204,22 @@ def build(rec: Recipe, dest: Path, *, log: Path | None = None) -> float:
     return time.monotonic() - started
 
 
+def cached(suite: str = DEFAULT_SUITE) -> Path | None:
+    """The golden rootfs for ``suite`` if it is already built for the current recipe."""
+    path = rootfs(recipe(suite))
+    return path if path.is_dir() else None
+
+
 def ensure(suite: str = DEFAULT_SUITE) -> Path:
     """The cached golden rootfs for ``suite``, building it first when its recipe changed."""
     rec = recipe(suite)
     dest = image_dir(rec)
     if (dest / "rootfs").is_dir():
         return dest / "rootfs"
-    with file_lock(golden_root() / ".lock"):
+    with file_lock(golden_root() / f".lock-{rec.key}"):
         if not (dest / "rootfs").is_dir():  # another builder may have finished meanwhile
+            for stale in golden_root().glob(f".build-{rec.key}-*"):  # from a killed build
+                shutil.rmtree(stale, ignore_errors=True)
             try:
                 build(rec, dest)
             except LabError as exc:

@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -20,6 +21,7 @@ from vllama_provision.lab.state import HostState, lab_dir
 from vllama_provision.lab.system import mounts_below, run, safe_rmtree, unmount_all_below
 
 MODELS_ROOT = "/tank/ai/models"
+NSPAWN_RUN = Path("/run/systemd/nspawn")
 _PACKAGE_PARENT = Path(__file__).resolve().parents[2]
 
 
@@ -239,8 +241,26 @@ def finish_stop(lab: str, name: str, deadline: float) -> None:
             os.kill(pid, signal.SIGKILL)
     cgroups.remove(lab, name)
     root = HostPaths(lab, name).root
+    _remove_nspawn_leftovers(HostPaths(lab, name))
     unmount_all_below(root)
     safe_rmtree(root)
+
+
+def nspawn_leftovers(name: str, merged: Path | None = None) -> list[Path]:
+    """What systemd-nspawn keeps under /run for a machine it ran (left behind when killed)."""
+    found = [NSPAWN_RUN / "propagate" / name]
+    if merged is not None and mounts_below(merged):
+        st = os.stat(merged)
+        found.append(NSPAWN_RUN / "locks" / f"inode-{st.st_dev}:{st.st_ino}")
+    return [p for p in found if p.exists()]
+
+
+def _remove_nspawn_leftovers(paths: HostPaths) -> None:
+    for path in nspawn_leftovers(paths.name, paths.merged):
+        if path.is_dir() and not mounts_below(path):
+            shutil.rmtree(path, ignore_errors=True)
+        elif path.is_file():
+            path.unlink(missing_ok=True)
 
 
 def remove_tree_later(lab: str) -> None:

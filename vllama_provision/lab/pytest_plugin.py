@@ -44,9 +44,9 @@ def _in_ci() -> bool:
     return os.environ.get("CI", "").strip().lower() in {"1", "true", "yes", "on"}
 
 
-def require_lab() -> None:
+def require_lab(*, need_debootstrap: bool = False) -> None:
     """Skip (or, under CI, fail) the current test unless this machine can run lab hosts."""
-    missing = missing_capabilities()
+    missing = missing_capabilities(need_debootstrap=need_debootstrap)
     if not missing:
         return
     reason = f"LAB HOSTS UNAVAILABLE: {NEEDS}: {'; '.join(missing)}"
@@ -63,6 +63,8 @@ def pytest_configure(config: pytest.Config) -> None:
 def lab_golden() -> Path:
     """The bookworm golden rootfs, built once per recipe (takes 1-3 minutes the first time)."""
     require_lab()
+    if golden.cached(golden.DEFAULT_SUITE) is None:
+        require_lab(need_debootstrap=True)
     return golden.ensure(golden.DEFAULT_SUITE)
 
 

@@ -75,8 +75,9 @@ def take(host_name: str, name: str, lab: str | None = None) -> Snapshot:
     """Copy ``host_name``'s upper layer while it is frozen; the host runs on afterwards."""
     validate_snapshot_name(name)
     state, h = find_host(host_name, lab)
-    if host.state(state.name, h.name) != "running":
-        raise LabError(f"host {h.name} is not running: cannot snapshot it")
+    current = host.state(state.name, h.name)
+    if current != "running":
+        raise LabError(f"host {h.name} is {current}: only a running host can be snapshotted")
     dest = snapshots_root() / name
     if dest.exists():
         raise UsageError(f"snapshot {name!r} already exists (remove it with `lab snapshot-rm "
