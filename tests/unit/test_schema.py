@@ -1,6 +1,6 @@
 """One schema: the role's generated files cannot drift from it, and Ansible agrees with the CLI.
 
-``vllama_provision/schema.py`` generates ``roles/vllama_engine/meta/argument_specs.yml`` (read by
+``vllama_provision/schema.py`` generates the engine role's ``meta/argument_specs.yml`` (read by
 Ansible's own role argument validation) and ``defaults/main.yml``. These tests compare the
 committed files with what the schema generates now, and run the generated argument specs through
 Ansible's ``ArgumentSpecValidator`` on the example inventories and on wrong input.
@@ -24,8 +24,11 @@ from vllama_provision.validation import validate_host
 
 ROOT = Path(__file__).resolve().parents[2]
 ROLES = ROOT / "roles"
-SPECS = ROLES / "vllama_engine" / "meta" / "argument_specs.yml"
-DEFAULTS = ROLES / "vllama_engine" / "defaults" / "main.yml"
+# The role the schema generates files for (its name comes from the schema, not from here).
+GENERATED = schema.role_files()
+SPECS = ROLES / next(rel for rel in GENERATED if rel.endswith("/meta/argument_specs.yml"))
+DEFAULTS = ROLES / next(rel for rel in GENERATED if rel.endswith("/defaults/main.yml"))
+ROLE = SPECS.parents[1]
 EXAMPLES = [ROOT / "inventory" / "lab.yml", ROOT / "inventory" / "local.yml"]
 
 
@@ -40,8 +43,9 @@ def _role_params(host_vars: dict, options: dict) -> dict:
 
 def test_committed_role_files_equal_the_generated_ones() -> None:
     generated = schema.role_files()
-    assert set(generated) == {"vllama_engine/meta/argument_specs.yml",
-                              "vllama_engine/defaults/main.yml"}
+    role = ROLE.name
+    assert set(generated) == {f"{role}/meta/argument_specs.yml", f"{role}/defaults/main.yml"}
+    assert (ROLE / "tasks" / "main.yml").is_file(), "the generated files belong to a real role"
     for rel, text in generated.items():
         committed = (ROLES / rel).read_text(encoding="utf-8")
         assert committed == text, f"roles/{rel} is stale: run `vllama-provision schema --write`"
@@ -97,9 +101,9 @@ def test_schema_check_fails_on_a_stale_copy(tmp_path: Path, monkeypatch, capsys)
     from vllama_provision import cli
 
     copy = tmp_path / "roles"
-    shutil.copytree(ROLES / "vllama_engine" / "meta", copy / "vllama_engine" / "meta")
-    shutil.copytree(ROLES / "vllama_engine" / "defaults", copy / "vllama_engine" / "defaults")
-    stale = copy / "vllama_engine" / "defaults" / "main.yml"
+    shutil.copytree(ROLE / "meta", copy / ROLE.name / "meta")
+    shutil.copytree(ROLE / "defaults", copy / ROLE.name / "defaults")
+    stale = copy / ROLE.name / "defaults" / "main.yml"
     stale.write_text(stale.read_text().replace("vllama_verify_timeout: 600",
                                                "vllama_verify_timeout: 60"))
     monkeypatch.setattr(paths, "roles_dir", lambda: copy)
