@@ -49,6 +49,10 @@ def _finish(report: Report, json_out: str | None, table: bool = True) -> None:
         report.write_json(json_out)
     if table and json_out != "-":
         click.echo(report.table())
+        for host, entry in sorted(report.hosts.items()):
+            for inst in entry.instances:
+                if inst.answer:
+                    click.echo(f"{host}/{inst.name} answered: {inst.answer}")
     sys.exit(report.exit_code)
 
 
@@ -83,10 +87,11 @@ def plan(inventory: Path, limit: str | None, json_out: str | None, diff: bool) -
 
     inv = load_inventory(inventory, limit)
     report = Report(command="plan")
+    to_stderr = json_out == "-"  # keep stdout pure JSON
     for host in inv:
         cached = fact_cache.load(inventory, host.name)
         host_plan = plan_host(host, cached)
-        _print_plan(host_plan)
+        _print_plan(host_plan, err=to_stderr)
         entry = report.host(host.name)
         entry.status = "refused" if host_plan.refused else "ok"
         refusals = [c.message for c in host_plan.all_checks() if c.level == "refuse"]
@@ -109,26 +114,29 @@ _LEVEL_STYLE = {"refuse": ("REFUSED", "red"), "warn": ("warning", "yellow"),
                 "not-evaluated": ("not evaluated", "magenta"), "ok": ("ok", "green")}
 
 
-def _print_plan(host_plan: Any) -> None:
+def _print_plan(host_plan: Any, err: bool = False) -> None:
+    def echo(text: str) -> None:
+        echo(text, err=err)
+
     source = host_plan.platform_source
     platform = host_plan.platform or "unknown"
-    click.echo(click.style(host_plan.host, bold=True) + f"  {platform} ({source})")
+    echo(click.style(host_plan.host, bold=True) + f"  {platform} ({source})")
     for inst in host_plan.instances:
         installed = inst.engine_package or inst.image
         version = inst.engine_version or "(formula's current)"
-        click.echo(f"  {inst.name}: {inst.engine} {version} via {inst.server}, {inst.deploy} "
+        echo(f"  {inst.name}: {inst.engine} {version} via {inst.server}, {inst.deploy} "
                    f"under {inst.service_manager}  [{installed}]")
-        click.echo(f"    release {inst.release}  model {inst.model['raw']}"
+        echo(f"    release {inst.release}  model {inst.model['raw']}"
                    + (f" ({inst.model_file})" if inst.model_file else ""))
-        click.echo(f"    serves {inst.served_name!r} at {inst.endpoint}")
-        click.echo("    args: " + " ".join(inst.argv))
+        echo(f"    serves {inst.served_name!r} at {inst.endpoint}")
+        echo("    args: " + " ".join(inst.argv))
     if not host_plan.facts:
-        click.echo("    not evaluated: no facts (GPU count, VRAM fit, driver/CUDA, disk); run "
+        echo("    not evaluated: no facts (GPU count, VRAM fit, driver/CUDA, disk); run "
                    "`vllama-provision facts INVENTORY --save`")
     for check in host_plan.all_checks():
         label, colour = _LEVEL_STYLE.get(check.level, (check.level, None))
         where = f"{check.instance}: " if check.instance else ""
-        click.echo("    " + click.style(f"{label}:", fg=colour) + f" {where}{check.what}: "
+        echo("    " + click.style(f"{label}:", fg=colour) + f" {where}{check.what}: "
                    f"{check.message}")
 
 
@@ -157,6 +165,7 @@ def render(inventory: Path, out: Path, limit: str | None, json_out: str | None,
 
     inv = load_inventory(inventory, limit)
     report = Report(command="render")
+    to_stderr = json_out == "-"  # keep stdout pure JSON
     for host in inv:
         host_plan = plan_host(host, fact_cache.load(inventory, host.name))
         entry = report.host(host.name)
@@ -164,11 +173,11 @@ def render(inventory: Path, out: Path, limit: str | None, json_out: str | None,
             entry.status = "skipped"
             entry.error = ("platform unknown: set vllama_platform or run "
                            "`vllama-provision facts INVENTORY --save`")
-            click.echo(f"{host.name}: skipped ({entry.error})")
+            click.echo(f"{host.name}: skipped ({entry.error})", err=to_stderr)
             continue
         files = render_host(host_plan)
         for target in write_rendered(files, out):
-            click.echo(f"{host.name}: {target}")
+            click.echo(f"{host.name}: {target}", err=to_stderr)
         if validate:
             problems = _validate_rendered(files)
             if problems:
@@ -333,9 +342,9 @@ def facts(inventory: Path, limit: str | None, json_out: str | None, save: bool) 
                          for g in data["gpus"]) or f"no GPU (nvml: {data['nvidia']['nvml']})"
         click.echo(f"{host}: {plat['distribution']} {plat['distribution_version']} "
                    f"{plat['machine']}, {plat['cpu_count']} CPUs, "
-                   f"{plat['memory_bytes'] / 2**30:.1f} GiB; {gpus}")
+                   f"{plat['memory_bytes'] / 2**30:.1f} GiB; {gpus}", err=json_out == "-")
         if save:
-            click.echo(f"  saved {fact_cache.save(inventory, host, data)}")
+            click.echo(f"  saved {fact_cache.save(inventory, host, data)}", err=json_out == "-")
     _finish(result.report, json_out, table=False)
 
 
@@ -359,6 +368,50 @@ def key_show(host: str, instance: str) -> None:
         raise UsageError(f"no key for {host}/{instance} at {key_path(host, instance)}; "
                          "apply the inventory first")
     click.echo(value)
+
+
+# ---------------------------------------------------------------------------- wheelhouse ---
+
+
+@cli.group()
+def wheelhouse() -> None:
+    """Compiled engine wheels, built once per key and installed on every host from here."""
+
+
+@wheelhouse.command("build")
+@click.option("--version", "version", default=None,
+              help="llama-cpp-python version (default: the tool's pinned version).")
+def wheelhouse_build(version: str | None) -> None:
+    """Build the CPU llama.cpp wheel for hosts like this machine (Debian 12, x86-64).
+
+    Hosts of another key build their wheel on the first host that needs it during apply.
+    """
+    import dataclasses
+
+    from vllama_provision import wheelhouse as wh
+
+    key = wh.local_key()
+    if version:
+        key = dataclasses.replace(key, version=version)
+    found = wh.wheels(key)
+    if not found:
+        log = wh.folder(key).with_suffix(".log")
+        log.parent.mkdir(parents=True, exist_ok=True)
+        click.echo(f"building {key.name} (log: {log})", err=True)
+        found = wh.build(key, log=log)
+    for wheel in found:
+        click.echo(str(wheel))
+
+
+@wheelhouse.command("list")
+def wheelhouse_list() -> None:
+    """List the wheelhouse keys on this controller."""
+    from vllama_provision import wheelhouse as wh
+
+    root = paths.cache_dir() / "wheelhouse"
+    for entry in sorted(root.iterdir()) if root.is_dir() else []:
+        if entry.is_dir() and (entry / wh.MARKER).is_file():
+            click.echo(entry.name)
 
 
 # -------------------------------------------------------------------------------- schema ---

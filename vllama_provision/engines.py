@@ -90,6 +90,18 @@ def server_for(engine: str, deploy: str, platform: str) -> str:
     return "llama-cpp-python"
 
 
+def program_for(server: str, deploy: str, venv: str) -> str:
+    """The executable a native engine runs ('' for containers: the image's entrypoint)."""
+    if deploy == "container":
+        return ""
+    if server == "llama-server":
+        return HOMEBREW_LLAMA_SERVER
+    return f"{venv}/bin/python"
+
+
+HOMEBREW_LLAMA_SERVER = "/opt/homebrew/bin/llama-server"
+
+
 def backend_for(platform: str) -> str:
     return {"linux-nvidia": "cuda", "macos-arm64": "metal"}.get(platform, "cpu")
 

@@ -77,6 +77,8 @@ class InstancePlan:
     paths: dict[str, str]
     files: list[dict[str, str]]
     api_key_file: str
+    gpus: list[str] = field(default_factory=list)
+    program: str = ""
     release: str = ""
     checks: list[Check] = field(default_factory=list)
 
@@ -232,7 +234,8 @@ def _plan_instance(host: HostSpec, plan: HostPlan, platform: str, inst: dict[str
 
     version = inst["engine_version"] or engines.default_version(server, backend)
     package = engines.package_for(server, backend, version) if deploy == "native" else ""
-    machine = (facts or {}).get("platform", {}).get("machine", "x86_64") if facts else "x86_64"
+    default_machine = "arm64" if platform == "macos-arm64" else "x86_64"
+    machine = facts["platform"]["machine"] if facts else default_machine
     engine_key = f"{engine}-{version}-{backend}-{machine}"
     image = _image(engine, backend, version, inst, deploy)
 
@@ -269,7 +272,10 @@ def _plan_instance(host: HostSpec, plan: HostPlan, platform: str, inst: dict[str
         model_path.replace(f"{instance_root}/current/model", container_model_root),
         served_name=served, bind_address=bind, port=port, backend=backend, options=options,
         extra_args=list(inst.get("extra_args") or []),
-        cache_dir=cache_dir if deploy == "native" else "/cache", gpus=gpus)
+        cache_dir=cache_dir if deploy == "native" else "/cache",
+        # Inside a container the reserved GPUs are renumbered from 0: select them with the
+        # container's device reservation, not CUDA_VISIBLE_DEVICES.
+        gpus=gpus if deploy == "native" else [])
     key_arg = engines.CONTAINER_KEY_PATH if deploy == "container" else paths["key_file"]
     argv = engines.engine_argv(server, settings, key_arg)
     env = engines.engine_env(server, settings)
@@ -296,7 +302,9 @@ def _plan_instance(host: HostSpec, plan: HostPlan, platform: str, inst: dict[str
         local_endpoint=f"http://{_url_host(local_host)}:{port}",
         options=options, argv=argv, env=env,
         secret_env_name=engines.SECRET_ENV[server], readiness=readiness, paths=paths,
-        files=files, api_key_file=inst["api_key_file"], release=fingerprint, checks=checks)
+        files=files, api_key_file=inst["api_key_file"], gpus=gpus,
+        program=engines.program_for(server, deploy, paths["engine_venv"]),
+        release=fingerprint, checks=checks)
 
 
 def _image(engine: str, backend: str, version: str, inst: dict[str, Any], deploy: str) -> str:

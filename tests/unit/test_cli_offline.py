@@ -128,8 +128,6 @@ def test_plan_json_report_shape(lab_plan: subprocess.CompletedProcess) -> None:
     _check_report_shape(_json_tail(lab_plan.stdout), "plan")
 
 
-@pytest.mark.xfail(strict=True, reason="cli.py plan/render print their human output on stdout "
-                   "even with --json -, so stdout is text followed by JSON (reported)")
 def test_json_stdout_is_only_json(lab_plan: subprocess.CompletedProcess) -> None:
     json.loads(lab_plan.stdout)
 

@@ -1,0 +1,120 @@
+"""Run the test suite tier by tier, with a timing summary and one closing count line.
+
+    python tests/run.py [TIER...]
+
+Tiers run in order; each is a pytest run over tests/<tier>/ with the lab fixtures loaded. The
+llama.cpp engine wheel (about 10 minutes to compile on a cold machine) is built in the
+background from the start, so the tiers that need it find it ready. A tier that collects no test
+fails: nothing is counted as passing unless it ran.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+TIERS = ["static", "unit", "render", "lab", "molecule", "e2e"]
+# Budgets (seconds, cold) the issues give each tier; printed next to the measured time.
+BUDGETS = {"static": 240, "unit": 180, "render": 180, "lab": 180, "molecule": 240,
+           "e2e": 600}
+
+
+@dataclass
+class TierResult:
+    name: str
+    passed: int = 0
+    failed: int = 0
+    errors: int = 0
+    skipped: int = 0
+    seconds: float = 0.0
+    note: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.failed == 0 and self.errors == 0 and self.passed > 0
+
+
+def _count(junit: Path) -> tuple[int, int, int, int]:
+    if not junit.is_file():
+        return 0, 0, 0, 0
+    root = ET.parse(junit).getroot()
+    suites = [root] if root.tag == "testsuite" else list(root)
+    tests = failures = errors = skipped = 0
+    for suite in suites:
+        tests += int(suite.get("tests", 0))
+        failures += int(suite.get("failures", 0))
+        errors += int(suite.get("errors", 0))
+        skipped += int(suite.get("skipped", 0))
+    return tests - failures - errors - skipped, failures, errors, skipped
+
+
+def start_wheel_build(logs: Path) -> subprocess.Popen[bytes] | None:
+    """Start compiling the engine wheel in the background (a no-op when it is cached)."""
+    log = (logs / "wheel-build.log").open("ab")
+    return subprocess.Popen([sys.executable, "-m", "vllama_provision.cli", "wheelhouse", "build"],
+                            stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+
+
+def run_tier(name: str, logs: Path) -> TierResult:
+    folder = ROOT / "tests" / name
+    result = TierResult(name)
+    if not folder.is_dir():
+        result.errors = 1
+        result.note = f"tests/{name} does not exist"
+        return result
+    junit = logs / f"{name}.xml"
+    junit.unlink(missing_ok=True)
+    cmd = [sys.executable, "-m", "pytest", str(folder), "-p",
+           "vllama_provision.lab.pytest_plugin", f"--junitxml={junit}", "-q", "-rfEs",
+           "--color=no"]
+    print(f"\n=== tier {name}: {' '.join(cmd[2:4])}", flush=True)
+    start = time.monotonic()
+    proc = subprocess.run(cmd, cwd=ROOT, check=False)
+    result.seconds = time.monotonic() - start
+    result.passed, result.failed, result.errors, result.skipped = _count(junit)
+    if proc.returncode not in (0, 1) and result.failed == 0 and result.errors == 0:
+        result.errors = 1
+        result.note = f"pytest exited {proc.returncode}"
+    if result.passed == 0 and not result.note:
+        result.errors += 1
+        result.note = "no test passed in this tier"
+    return result
+
+
+def main(argv: list[str]) -> int:
+    wanted = argv or TIERS
+    unknown = [t for t in wanted if t not in TIERS]
+    if unknown:
+        print(f"unknown tier(s): {', '.join(unknown)}; tiers: {', '.join(TIERS)}",
+              file=sys.stderr)
+        return 2
+    logs = Path(os.environ.get("VLLAMA_TEST_LOGS", ROOT / ".test-logs"))
+    logs.mkdir(parents=True, exist_ok=True)
+    builder = start_wheel_build(logs) if {"e2e", "molecule"} & set(wanted) else None
+    started = time.monotonic()
+    results = [run_tier(name, logs) for name in wanted]
+    if builder is not None and builder.poll() is None:
+        builder.terminate()
+    total = time.monotonic() - started
+    print("\n=== tier summary (seconds; budget cold)")
+    for r in results:
+        state = "ok" if r.ok else "FAILED"
+        print(f"  {r.name:<9} {r.seconds:7.1f}s / {BUDGETS[r.name]:>4}s  {r.passed:>4} passed "
+              f"{r.failed:>3} failed {r.errors:>3} errors {r.skipped:>3} skipped  {state}"
+              + (f"  ({r.note})" if r.note else ""))
+    print(f"  total     {total:7.1f}s")
+    passed = sum(r.passed for r in results)
+    failed = sum(r.failed + r.errors for r in results)
+    skipped = sum(r.skipped for r in results)
+    print(f"{passed} passed, {failed} failed, {skipped} skipped")
+    return 0 if all(r.ok for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
