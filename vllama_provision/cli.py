@@ -116,7 +116,7 @@ _LEVEL_STYLE = {"refuse": ("REFUSED", "red"), "warn": ("warning", "yellow"),
 
 def _print_plan(host_plan: Any, err: bool = False) -> None:
     def echo(text: str) -> None:
-        echo(text, err=err)
+        click.echo(text, err=err)
 
     source = host_plan.platform_source
     platform = host_plan.platform or "unknown"

@@ -48,18 +48,25 @@ def test_ansible_ping_as_root(trio: Lab) -> None:
         assert f"{h.name} | SUCCESS" in proc.stdout
 
 
-def test_ansible_ping_as_sudo_user_with_become(trio: Lab) -> None:
+def test_ansible_ping_as_sudo_user_with_become(trio: Lab, tmp_path: Path) -> None:
     hostvars = yaml.safe_load(trio.inventory_path.read_text())["all"]["hosts"]
     assert {v["vllama_lab_become_user"] for v in hostvars.values()} == {"alice"}
-    as_user = ["-e", "ansible_user={{ vllama_lab_become_user }}"]
-    proc = ansible(trio.inventory_path, "all", "-m", "ansible.builtin.ping", "--become", *as_user)
+    play = tmp_path / "become.yml"
+    play.write_text(yaml.safe_dump([{
+        "hosts": "all", "gather_facts": False,
+        "vars": {"ansible_user": "{{ vllama_lab_become_user }}"},
+        "tasks": [
+            {"name": "Ping with become.", "ansible.builtin.ping": {}, "become": True},
+            {"name": "Who am I.", "ansible.builtin.command": "id -un", "register": "plain",
+             "changed_when": False},
+            {"name": "Who am I with become.", "ansible.builtin.command": "id -un",
+             "register": "sudo", "become": True, "changed_when": False},
+            {"name": "Check.", "ansible.builtin.assert": {"that": [
+                "plain.stdout == 'alice'", "sudo.stdout == 'root'"]}},
+        ]}]))
+    proc = playbook(trio.inventory_path, play)
     assert proc.returncode == 0, explain(proc)
-    proc = ansible(trio.inventory_path, "all", "-m", "ansible.builtin.command", "-a", "id -un",
-                   *as_user)
-    assert proc.returncode == 0 and proc.stdout.count("alice") == 3, explain(proc)
-    proc = ansible(trio.inventory_path, "all", "-m", "ansible.builtin.command", "-a", "id -un",
-                   "--become", *as_user)
-    assert proc.returncode == 0 and proc.stdout.count("root") == 3, explain(proc)
+    assert proc.stdout.count("ok=4") == 3, explain(proc)
 
 
 def test_a_unit_runs_under_systemd(trio: Lab) -> None:
