@@ -234,14 +234,15 @@ def finish_stop(lab: str, name: str, deadline: float) -> None:
     while time.monotonic() < deadline and (supervisor_pid(lab, name) or nspawn_pid(lab, name)):
         time.sleep(0.1)
     cgroups.kill_all(lab, name)
-    for pid_file in ("supervisor.pid", "nspawn.pid"):
-        pid = _read_pid(HostPaths(lab, name).root / pid_file)
-        marker = str(HostPaths(lab, name).root) if pid_file == "supervisor.pid" else name
-        if _alive(pid, marker):  # outside our cgroups (e.g. moved away by hand)
+    paths = HostPaths(lab, name)
+    for pid_file, marker in (("supervisor.pid", str(paths.root)),
+                             ("nspawn.pid", f"--machine={name}")):
+        pid = _read_pid(paths.root / pid_file)
+        if pid and _alive(pid, marker):  # outside our cgroups (e.g. moved away by hand)
             os.kill(pid, signal.SIGKILL)
     cgroups.remove(lab, name)
-    root = HostPaths(lab, name).root
-    _remove_nspawn_leftovers(HostPaths(lab, name))
+    root = paths.root
+    _remove_nspawn_leftovers(paths)
     unmount_all_below(root)
     safe_rmtree(root)
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol
 
@@ -98,7 +98,7 @@ def _teardown(created: list[Lab]) -> None:
         pytest.fail("lab teardown failed:\n" + "\n".join(errors), pytrace=False)
 
 
-def _scoped_factory(lab_golden: Path) -> Iterator[Callable[..., Lab]]:
+def _scoped_factory(lab_golden: Path) -> Iterator[LabFactory]:
     created: list[Lab] = []
     try:
         yield _factory(created)
@@ -109,10 +109,10 @@ def _scoped_factory(lab_golden: Path) -> Iterator[Callable[..., Lab]]:
 @pytest.fixture
 def lab_factory(lab_golden: Path) -> Iterator[LabFactory]:
     """Bring up labs for one test; they are removed when the test ends."""
-    yield from _scoped_factory(lab_golden)  # type: ignore[misc]
+    yield from _scoped_factory(lab_golden)
 
 
 @pytest.fixture(scope="module")
 def lab_factory_module(lab_golden: Path) -> Iterator[LabFactory]:
     """Bring up labs shared by a module's tests; they are removed after the module."""
-    yield from _scoped_factory(lab_golden)  # type: ignore[misc]
+    yield from _scoped_factory(lab_golden)

@@ -8,7 +8,7 @@ import os
 import platform
 import shutil
 import subprocess
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 from vllama_provision.errors import LabError, UsageError
@@ -40,12 +40,12 @@ def require_lab_machine(uid: int | None = None, *, need_debootstrap: bool = Fals
         raise UsageError(f"{NEEDS}: " + "; ".join(missing))
 
 
-def run(cmd: Sequence[str | os.PathLike[str]], *, what: str = "", **kwargs: object,
-        ) -> subprocess.CompletedProcess[str]:
+def run(cmd: Sequence[str | os.PathLike[str]], *, what: str = "",
+        env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """Run a command, raising :class:`LabError` with its output when it fails."""
     try:
         proc = subprocess.run([os.fspath(c) for c in cmd], capture_output=True, text=True,
-                              check=False, **kwargs)  # type: ignore[call-overload]
+                              check=False, env=env)
     except OSError as exc:
         raise LabError(f"{what or cmd[0]}: cannot run {cmd[0]}: {exc}") from exc
     if proc.returncode != 0:
