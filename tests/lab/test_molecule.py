@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from labtools import leftovers
 
-pytestmark = pytest.mark.lab
+pytestmark = [pytest.mark.lab, pytest.mark.molecule]
 
 REPO = Path(__file__).resolve().parents[2]
 

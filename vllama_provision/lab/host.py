@@ -34,14 +34,62 @@ class HostPaths:
     def root(self) -> Path:
         return lab_dir(self.lab) / "hosts" / self.name
 
-    def __getattr__(self, item: str) -> Path:
-        files = {"upper": "upper", "work": "work", "merged": "merged", "models": "models",
-                 "docker": "docker", "console": "console.log", "supervisor_pid": "supervisor.pid",
-                 "nspawn_pid": "nspawn.pid", "leader_pid": "leader.pid", "proxy": "proxy",
-                 "boot": "boot.json", "supervisor_log": "supervisor.log"}
-        if item in files:
-            return self.root / files[item]
-        raise AttributeError(item)
+    @property
+    def upper(self) -> Path:
+        """Overlay upper layer (the host's own changes)."""
+        return self.root / "upper"
+
+    @property
+    def work(self) -> Path:
+        """Overlay work folder."""
+        return self.root / "work"
+
+    @property
+    def merged(self) -> Path:
+        """The host's root filesystem (overlay mount point)."""
+        return self.root / "merged"
+
+    @property
+    def models(self) -> Path:
+        """Tmpfs bound at /tank/ai/models (--models-size)."""
+        return self.root / "models"
+
+    @property
+    def docker(self) -> Path:
+        """Bound at /var/lib/docker (--docker)."""
+        return self.root / "docker"
+
+    @property
+    def console(self) -> Path:
+        """Console output, appended."""
+        return self.root / "console.log"
+
+    @property
+    def supervisor_pid(self) -> Path:
+        return self.root / "supervisor.pid"
+
+    @property
+    def nspawn_pid(self) -> Path:
+        return self.root / "nspawn.pid"
+
+    @property
+    def leader_pid(self) -> Path:
+        """Pid of the host's init, rewritten on every boot."""
+        return self.root / "leader.pid"
+
+    @property
+    def proxy(self) -> Path:
+        """ProxyCommand script (--isolated)."""
+        return self.root / "proxy"
+
+    @property
+    def boot(self) -> Path:
+        """What the supervisor runs."""
+        return self.root / "boot.json"
+
+    @property
+    def supervisor_log(self) -> Path:
+        return self.root / "supervisor.log"
 
 
 def console_tail(lab: str, name: str, lines: int = 25) -> str:

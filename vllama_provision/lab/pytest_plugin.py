@@ -57,6 +57,8 @@ def require_lab(*, need_debootstrap: bool = False) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "lab: needs real lab hosts (root, Linux, systemd-nspawn)")
+    config.addinivalue_line("markers", "molecule: runs a whole `molecule test` scenario on lab "
+                            "hosts (about a minute; deselect with -m 'not molecule')")
 
 
 @pytest.fixture(scope="session")

@@ -18,7 +18,7 @@ from vllama_provision.lab.system import file_lock, run
 COMMON_OPTIONS = (
     "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR"
     " -o ControlMaster=auto -o ControlPersist=60s -o ControlPath=/tmp/vllama-lab-%C"
-    " -o ServerAliveInterval=5 -o ServerAliveCountMax=3"
+    " -o ServerAliveInterval=3 -o ServerAliveCountMax=3"
 )
 
 
