@@ -56,7 +56,25 @@ def _finish(report: Report, json_out: str | None, table: bool = True) -> None:
     sys.exit(report.exit_code)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class _Commands(click.Group):
+    """The command group; `lab` is imported only when it is used (it is large)."""
+
+    lazy = {"lab": ("vllama_provision.lab.cli", "lab")}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), *self.lazy])
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self.lazy:
+            import importlib
+
+            module, attr = self.lazy[cmd_name]
+            return getattr(importlib.import_module(module), attr)
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(cls=_Commands,
+             context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="vllama-provision")
 def cli() -> None:
     """Turn hosts into verified, OpenAI-compatible LLM endpoints, and keep them upgraded.
@@ -130,9 +148,6 @@ def _print_plan(host_plan: Any, err: bool = False) -> None:
                    + (f" ({inst.model_file})" if inst.model_file else ""))
         echo(f"    serves {inst.served_name!r} at {inst.endpoint}")
         echo("    args: " + " ".join(inst.argv))
-    if not host_plan.facts:
-        echo("    not evaluated: no facts (GPU count, VRAM fit, driver/CUDA, disk); run "
-                   "`vllama-provision facts INVENTORY --save`")
     for check in host_plan.all_checks():
         label, colour = _LEVEL_STYLE.get(check.level, (check.level, None))
         where = f"{check.instance}: " if check.instance else ""
@@ -229,6 +244,8 @@ def _apply_like(command: str, inventory: Path, limit: str | None, *, check: bool
     click.echo(f"{command}: {inventory}{mode}", err=True)
     result = run_playbook(request, progress=Progress(), on_event=_diff_printer(diff))
     report = result.report
+    if not check:
+        _controller_checks(report, result.plans)
     if exit:
         _finish(report, json_out)
     return report
@@ -264,6 +281,24 @@ def _echo_diff(host: str, diffs: Any) -> None:
         click.echo("".join(lines), err=True)
 
 
+def _controller_checks(report: Report, plans: dict[str, dict[str, Any]]) -> None:
+    """Repeat verification from the controller for every instance the host verified."""
+    from vllama_provision.verify import verify_from_controller
+
+    for host, plan in sorted(plans.items()):
+        entry = report.host(host)
+        for inst in plan.get("instances") or []:
+            item = entry.instance(inst["name"])
+            if not item.verified:
+                continue
+            check = verify_from_controller(host, inst, "What is the capital of France?")
+            if check.verified:
+                item.verified_from = sorted({*item.verified_from, "controller"})
+            else:
+                click.echo(f"  {host} {inst['name']}: not verified from the controller: "
+                           f"{check.detail}", err=True)
+
+
 @cli.command()
 @_inventory_arg
 @_limit_opt
@@ -287,29 +322,8 @@ def apply(inventory: Path, limit: str | None, json_out: str | None, check: bool,
 @click.option("-v", "--verbose", count=True, help="Ansible verbosity.")
 def verify(inventory: Path, limit: str | None, json_out: str | None, verbose: int) -> None:
     """Verify every endpoint for real, on each host and from here when reachable."""
-    from vllama_provision.verify import verify_from_controller
-
-    report = _apply_like("verify", inventory, limit, check=False, diff=False, verbose=verbose,
-                         json_out=None, playbook="verify.yml", exit=False)
-    from vllama_provision.inventory import load_inventory
-    from vllama_provision.planner import plan_host
-
-    inv = load_inventory(inventory, limit)
-    for host in inv:
-        entry = report.host(host.name)
-        if entry.status in ("unreachable",):
-            continue
-        for inst in plan_host(host).instances:
-            item = entry.instance(inst.name)
-            check = verify_from_controller(host.name, {
-                "name": inst.name, "endpoint": inst.endpoint, "served_name": inst.served_name},
-                host.var("vllama_verify_prompt"))
-            if check.verified:
-                item.verified_from = sorted({*item.verified_from, "controller"})
-            else:
-                click.echo(f"  {host.name} {inst.name}: controller check: {check.detail}",
-                           err=True)
-    _finish(report, json_out)
+    _apply_like("verify", inventory, limit, check=False, diff=False, verbose=verbose,
+                json_out=json_out, playbook="verify.yml")
 
 
 # --------------------------------------------------------------------------------- facts ---
@@ -441,17 +455,6 @@ def schema_cmd(write: bool, check_only: bool) -> None:
         click.echo("up to date")
     else:
         click.echo(schema.argument_specs_yaml(), nl=False)
-
-
-def _add_lab() -> None:
-    try:
-        from vllama_provision.lab.cli import lab
-    except ImportError:  # pragma: no cover - lab hosts are an optional part of the tool
-        return
-    cli.add_command(lab)
-
-
-_add_lab()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -28,6 +28,7 @@ from vllama_provision.validation import (
     compatibility_refusal,
     resolve_deploy,
     resolve_engine,
+    validate_host,
 )
 
 GIB = 1024**3
@@ -208,6 +209,16 @@ def plan_host(host: HostSpec, facts: gpu.HostFacts | None = None) -> HostPlan:
         install_root=host.var("vllama_install_root"), state_root=host.var("vllama_state_root"),
         models_root=host.var("vllama_models_root"), zfs_dataset=host.var("vllama_zfs_dataset"),
         checks=checks)
+    if facts is not None and platform is not None and declared not in PLATFORMS:
+        # The platform came from facts: the static checks that depend on it (engine choices,
+        # shared GPUs, default ports) run now, and their problems are refusals.
+        for problem in validate_host(host.name, {**host.vars, "vllama_platform": platform}):
+            plan.checks.append(Check("refuse", problem.variable or "inventory",
+                                     problem.render(), problem.instance))
+    if facts is None and platform is not None:
+        plan.checks.append(Check("not-evaluated", "facts",
+                                 "not evaluated: no facts (GPU count, VRAM fit, driver/CUDA); run "
+                                 "`vllama-provision facts INVENTORY --save`"))
     if platform is None:
         if facts is None:
             plan.checks.append(Check("not-evaluated", "platform",

@@ -203,6 +203,8 @@ def ansible_env() -> dict[str, str]:
         "ANSIBLE_PYTHON_INTERPRETER": "auto_silent",
         "PATH": bindir + os.pathsep + os.environ.get("PATH", ""),
         "VLLAMA_TEMPLATES_DIR": str(paths.templates_dir()),
+        # The role keeps the controller's private key copies and fetched wheels here.
+        "VLLAMA_STATE_DIR": str(paths.state_dir()),
         "PYTHONPATH": str(Path(__file__).resolve().parent.parent) + os.pathsep
         + os.environ.get("PYTHONPATH", ""),
     }

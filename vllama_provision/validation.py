@@ -32,6 +32,19 @@ MANAGED_FLAGS = frozenset({
     "--api-key", "--api_key", "--api-key-file", "--config_file",
 })
 
+# Flags that have an instance option: setting them in extra_args would bypass the planner's
+# checks (VRAM fit, unique ports), so the option must be used instead.
+OPTION_FLAGS = {
+    "--max-model-len": "max_model_len", "--max-num-seqs": "max_num_seqs",
+    "--max-num-batched-tokens": "max_num_batched_tokens",
+    "--gpu-memory-utilization": "gpu_memory_utilization",
+    "--tensor-parallel-size": "tensor_parallel_size", "-tp": "tensor_parallel_size",
+    "--n_ctx": "ctx_size", "-c": "ctx_size", "--ctx-size": "ctx_size",
+    "--n_gpu_layers": "n_gpu_layers", "-ngl": "n_gpu_layers", "--n-gpu-layers": "n_gpu_layers",
+    "--gpu-layers": "n_gpu_layers", "--n_threads": "threads", "-t": "threads",
+    "--threads": "threads",
+}
+
 OTHER_PREFIXES = ("vllama_lab", "vllama_base_", "vllama_facts")
 
 _GPU_UUID = re.compile(r"^(GPU|MIG)-[0-9a-fA-F-]{8,}$")
@@ -196,6 +209,11 @@ def _check_instance(inst: Mapping[str, Any], platform: str | None,
                     f"sets {flag}, which the tool manages itself", variable="extra_args",
                     value=arg, has_value=True,
                     allowed="port, bind_address, served_name, model or api_key_file instead",
+                    **where))
+            elif flag in OPTION_FLAGS:
+                problems.append(Problem(
+                    f"sets {flag}, which bypasses the planner's checks", variable="extra_args",
+                    value=arg, has_value=True, allowed=f"the option {OPTION_FLAGS[flag]} instead",
                     **where))
     if isinstance(inst.get("api_key_file"), str):
         problems += _check_api_key_file(inst["api_key_file"], where)
