@@ -10,7 +10,7 @@ import difflib
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import click
 
@@ -59,7 +59,7 @@ def _finish(report: Report, json_out: str | None, table: bool = True) -> None:
 class _Commands(click.Group):
     """The command group; `lab` is imported only when it is used (it is large)."""
 
-    lazy = {"lab": ("vllama_provision.lab.cli", "lab")}
+    lazy: ClassVar[dict[str, tuple[str, str]]] = {"lab": ("vllama_provision.lab.cli", "lab")}
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted([*super().list_commands(ctx), *self.lazy])

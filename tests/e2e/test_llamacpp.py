@@ -44,7 +44,8 @@ def _current_release(host: Any) -> str:
     return host.ssh("readlink /opt/vllama/instances/smollm2/current").stdout.strip().split("/")[-1]
 
 
-def _curl(host: Any, path: str, key: str | None = None, data: dict | None = None) -> tuple[int, Any]:
+def _curl(host: Any, path: str, key: str | None = None,
+          data: dict | None = None) -> tuple[int, Any]:
     auth = f"-H 'Authorization: Bearer {key}'" if key else ""
     body = f"-H 'Content-Type: application/json' -d '{json.dumps(data)}'" if data else ""
     out = host.ssh(f"curl -s -m 120 -w '\\n%{{http_code}}' {auth} {body} "
