@@ -36,6 +36,9 @@ def _json_opt(func: F) -> F:
 
 
 def _change_opts(func: F) -> F:
+    func = click.option("--break-lock", is_flag=True,
+                        help="Replace a host lock held by a run that is gone (another "
+                             "controller's, or one this tool cannot check).")(func)
     func = click.option("--check", is_flag=True,
                         help="Dry run: report what would change, change nothing.")(func)
     func = click.option("--diff", is_flag=True, help="Show the differences in changed files.")(
@@ -233,13 +236,15 @@ def _validate_rendered(files: list[Any]) -> list[str]:
 
 def _apply_like(command: str, inventory: Path, limit: str | None, *, check: bool, diff: bool,
                 verbose: int, json_out: str | None, tags: list[str] | None = None,
-                playbook: str = "site.yml", exit: bool = True) -> Report:
+                playbook: str = "site.yml", exit: bool = True,
+                break_lock: bool = False) -> Report:
     from vllama_provision.inventory import load_inventory
     from vllama_provision.runner import Progress, RunRequest, run_playbook
 
     load_inventory(inventory, limit)  # bad input never reaches a host
     request = RunRequest(playbook=playbook, inventory=inventory, command=command, limit=limit,
-                         check=check, diff=diff, verbosity=verbose, tags=tags or [])
+                         check=check, diff=diff, verbosity=verbose, tags=tags or [],
+                         break_lock=break_lock)
     mode = " (check mode: nothing is changed)" if check else ""
     click.echo(f"{command}: {inventory}{mode}", err=True)
     result = run_playbook(request, progress=Progress(), on_event=_diff_printer(diff))
@@ -305,14 +310,14 @@ def _controller_checks(report: Report, plans: dict[str, dict[str, Any]]) -> None
 @_json_opt
 @_change_opts
 def apply(inventory: Path, limit: str | None, json_out: str | None, check: bool, diff: bool,
-          verbose: int) -> None:
+          verbose: int, break_lock: bool) -> None:
     """Provision every host: engine, model, service, verified endpoint.
 
     Every change goes through a release: a host whose new release fails verification is
     switched back to its previous release, restarted and verified again.
     """
     _apply_like("apply", inventory, limit, check=check, diff=diff, verbose=verbose,
-                json_out=json_out)
+                json_out=json_out, break_lock=break_lock)
 
 
 @cli.command()

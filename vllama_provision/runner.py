@@ -10,6 +10,7 @@ import os
 import shutil
 import sys
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +39,7 @@ class RunRequest:
     verbosity: int = 0
     tags: list[str] = field(default_factory=list)
     extravars: dict[str, Any] = field(default_factory=dict)
+    break_lock: bool = False
     forks: int = 10
 
 
@@ -238,11 +240,16 @@ def run_playbook(request: RunRequest, *, progress: Progress | None = None,
             click.echo(event["stdout"], err=True)
         return handler(event)
 
+    extravars = {"vllama_run_id": f"{run_dir.name}-{uuid.uuid4().hex[:8]}",
+                 "vllama_run_command": f"vllama-provision {request.command}",
+                 **request.extravars}
+    if request.break_lock:
+        extravars["vllama_break_lock"] = True
     try:
         runner = ansible_runner.run(
             private_data_dir=str(run_dir), playbook=str(playbook),
             inventory=str(request.inventory.resolve()), limit=request.limit,
-            cmdline=" ".join(cmdline) or None, extravars=request.extravars or None,
+            cmdline=" ".join(cmdline) or None, extravars=extravars,
             envvars=ansible_env(), event_handler=event_with_echo,
             status_handler=status_handler, quiet=True, verbosity=request.verbosity or None,
             forks=request.forks, project_dir=str(paths.playbooks_dir()),

@@ -163,6 +163,8 @@ HOST_OPTIONS: tuple[Option, ...] = (
            default="What is the capital of France?"),
     Option("vllama_verify_timeout", "int", "Seconds an engine may take to become ready.",
            default=600, minimum=10, maximum=7200),
+    Option("vllama_lock_wait", "int", "Seconds a run waits for another run's host lock "
+           "before it refuses the host.", default=300, minimum=0, maximum=86400),
 )
 
 HOST_OPTION_NAMES = frozenset(o.name for o in HOST_OPTIONS)

@@ -45,7 +45,9 @@ OPTION_FLAGS = {
     "--threads": "threads",
 }
 
-OTHER_PREFIXES = ("vllama_lab", "vllama_base_", "vllama_facts")
+# Variables of the other roles, of `lab up`, and those the CLI passes for one run.
+OTHER_PREFIXES = ("vllama_lab", "vllama_base_", "vllama_facts", "vllama_run_",
+                  "vllama_break_lock")
 
 _GPU_UUID = re.compile(r"^(GPU|MIG)-[0-9a-fA-F-]{8,}$")
 
