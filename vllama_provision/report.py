@@ -4,7 +4,8 @@
                       "failed_task": str|null, "error": str|null, "phase": str,
                       "instances": [{"name", "engine", "engine_version", "deploy", "release",
                                      "endpoint", "served_name", "verified", "verified_from",
-                                     "ttft_ms", "tokens_per_s"}]}},
+                                     "ttft_ms", "tokens_per_s", "answer"}],
+                      "notes": [str]}},
      "summary": {"ok": N, "changed": N, "failed": N, "refused": N, "unreachable": N,
                  "skipped": N, "exit_code": 0|1|2, "command": str}}
 """
@@ -47,6 +48,7 @@ class HostReport:
     error: str | None = None
     phase: str = ""
     instances: list[InstanceReport] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     def instance(self, name: str) -> InstanceReport:
         for inst in self.instances:

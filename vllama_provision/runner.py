@@ -173,6 +173,8 @@ class EventHandler:
                         setattr(item, key, inst[key])
         elif short == _FACTS_ACTION and isinstance(res.get("vllama_facts"), dict):
             self.result.facts[host] = res["vllama_facts"]
+        if res.get("stale_lock"):
+            report.notes.append(str(res.get("msg")))
         facts = (res.get("ansible_facts") or {}).get("vllama_facts")
         if isinstance(facts, dict):
             self.result.facts[host] = facts
@@ -205,6 +207,8 @@ def ansible_env() -> dict[str, str]:
         "ANSIBLE_PYTHON_INTERPRETER": "auto_silent",
         "PATH": bindir + os.pathsep + os.environ.get("PATH", ""),
         "VLLAMA_TEMPLATES_DIR": str(paths.templates_dir()),
+        # The watchdog callback stops the run when this process dies.
+        "VLLAMA_CLI_PID": str(os.getpid()),
         # The role keeps the controller's private key copies and fetched wheels here.
         "VLLAMA_STATE_DIR": str(paths.state_dir()),
         "PYTHONPATH": str(Path(__file__).resolve().parent.parent) + os.pathsep

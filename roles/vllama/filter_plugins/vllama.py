@@ -41,6 +41,12 @@ def vllama_switches(stat_results):
     return switches
 
 
+def vllama_outdated_engines(version_results):
+    """Instances whose engine venv lacks the planned version (from the version probe)."""
+    return [r["item"] for r in version_results
+            if r.get("rc") != 0 or (r.get("stdout") or "").strip() != r["item"]["engine_version"]]
+
+
 def vllama_changed_units(rendered):
     """Unit files (under /etc/systemd/) that a template task changed."""
     return sorted({r["dest"] for r in rendered
@@ -60,4 +66,5 @@ class FilterModule:
                 "vllama_switches": vllama_switches,
                 "vllama_restarts": vllama_restarts,
                 "vllama_changed_units": vllama_changed_units,
+                "vllama_outdated_engines": vllama_outdated_engines,
                 "vllama_instance_path": vllama_instance_path}

@@ -28,6 +28,10 @@ options:
     description: Refuse a GGUF without tokenizer.chat_template.
     type: bool
     default: true
+  remove_on_failure:
+    description: Delete the file when it is refused (for copies under a temporary name).
+    type: bool
+    default: false
 author: vllama-provision
 """
 
@@ -138,8 +142,16 @@ def main():
         "sha256": {"type": "str", "default": ""},
         "gguf": {"type": "bool", "default": False},
         "require_chat_template": {"type": "bool", "default": True},
+        "remove_on_failure": {"type": "bool", "default": False},
     }, supports_check_mode=True)
     path = module.params["path"]
+
+    def refuse(msg, **extra):
+        if module.params["remove_on_failure"] and not module.check_mode:
+            os.unlink(path)
+            msg += "; the copy was removed"
+        module.fail_json(msg=msg, **extra)
+
     if not os.path.isfile(path):
         module.fail_json(msg=f"model file {path} does not exist on the host")
     result = {"changed": False, "path": path, "size": os.path.getsize(path)}
@@ -147,17 +159,15 @@ def main():
         try:
             result["gguf"] = read_gguf_header(path)
         except (GGUFError, OSError, struct.error) as exc:
-            module.fail_json(msg=f"{path}: refused: {exc}", **result)
+            refuse(f"{path}: refused: {exc}", **result)
         if module.params["require_chat_template"] and not result["gguf"]["chat_template"]:
-            module.fail_json(msg=f"{path}: refused: the GGUF has no chat template "
-                                 "(tokenizer.chat_template); chat completions need one",
-                             **result)
+            refuse(f"{path}: refused: the GGUF has no chat template "
+                   "(tokenizer.chat_template); chat completions need one", **result)
     result["sha256"] = sha256_of(path)
     expected = module.params["sha256"].lower()
     if expected and result["sha256"] != expected:
-        module.fail_json(msg=f"{path}: refused: sha256 is {result['sha256']}, expected "
-                             f"{expected} (the file is corrupted or not the pinned model)",
-                         **result)
+        refuse(f"{path}: refused: sha256 is {result['sha256']}, expected {expected} "
+               "(the file is corrupted or not the pinned model)", **result)
     module.exit_json(**result)
 
 

@@ -1,0 +1,55 @@
+"""Stop the Ansible run when the vllama-provision CLI that started it dies.
+
+ansible-runner starts ansible-playbook in a session of its own, so a CLI killed with SIGKILL
+would otherwise leave the playbook running on, changing hosts nobody watches. The CLI exports
+its pid as VLLAMA_CLI_PID; this callback checks it every second and, once it is gone, kills the
+playbook's process group. What a killed run leaves behind (a stale host lock, a partial model
+under its temporary name) is handled by the next run.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+from ansible.plugins.callback import CallbackBase
+
+DOCUMENTATION = r"""
+name: vllama_watchdog
+type: aggregate
+short_description: Stop the run when the vllama-provision CLI is gone
+description:
+  - Reads the CLI's pid from the VLLAMA_CLI_PID environment variable; does nothing without it.
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class CallbackModule(CallbackBase):
+    CALLBACK_VERSION = 2.0
+    CALLBACK_TYPE = "aggregate"
+    CALLBACK_NAME = "vllama_watchdog"
+    CALLBACK_NEEDS_ENABLED = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        pid = int(os.environ.get("VLLAMA_CLI_PID", "0") or 0)
+        if pid > 1:
+            threading.Thread(target=self._watch, args=(pid,), daemon=True,
+                             name="vllama-watchdog").start()
+
+    @staticmethod
+    def _watch(pid: int) -> None:
+        while _alive(pid):
+            time.sleep(1)
+        os.killpg(os.getpgrp(), signal.SIGKILL)
