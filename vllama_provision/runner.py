@@ -63,6 +63,10 @@ def _phase(event_data: dict[str, Any]) -> str:
 
 
 def _error_text(res: dict[str, Any]) -> str:
+    """The failure's message; for a loop, the messages of the items that failed."""
+    items = [r for r in res.get("results") or [] if isinstance(r, dict) and r.get("failed")]
+    if items:
+        return "; ".join(_error_text(r) for r in items)[:2000]
     message = res.get("msg") or res.get("stderr") or res.get("reason") or ""
     if isinstance(message, list):
         message = "; ".join(map(str, message))
