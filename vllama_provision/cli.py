@@ -237,14 +237,14 @@ def _validate_rendered(files: list[Any]) -> list[str]:
 def _apply_like(command: str, inventory: Path, limit: str | None, *, check: bool, diff: bool,
                 verbose: int, json_out: str | None, tags: list[str] | None = None,
                 playbook: str = "site.yml", exit: bool = True,
-                break_lock: bool = False) -> Report:
+                break_lock: bool = False, extravars: dict[str, Any] | None = None) -> Report:
     from vllama_provision.inventory import load_inventory
     from vllama_provision.runner import Progress, RunRequest, run_playbook
 
     load_inventory(inventory, limit)  # bad input never reaches a host
     request = RunRequest(playbook=playbook, inventory=inventory, command=command, limit=limit,
                          check=check, diff=diff, verbosity=verbose, tags=tags or [],
-                         break_lock=break_lock)
+                         break_lock=break_lock, extravars=extravars or {})
     mode = " (check mode: nothing is changed)" if check else ""
     click.echo(f"{command}: {inventory}{mode}", err=True)
     result = run_playbook(request, progress=Progress(), on_event=_diff_printer(diff))
@@ -387,6 +387,23 @@ def key_show(host: str, instance: str) -> None:
         raise UsageError(f"no key for {host}/{instance} at {key_path(host, instance)}; "
                          "apply the inventory first")
     click.echo(value)
+
+
+@key.command("rotate")
+@_inventory_arg
+@click.argument("host")
+@click.argument("instance")
+@_json_opt
+def key_rotate(inventory: Path, host: str, instance: str, json_out: str | None) -> None:
+    """Give HOST's INSTANCE a new random key, restart it and verify it with the new key."""
+    from vllama_provision.inventory import load_inventory
+
+    inv = load_inventory(inventory, host)
+    names = [i["name"] for h in inv for i in h.instances]
+    if instance not in names:
+        raise UsageError(f"{host} has no instance {instance!r}; it has: {', '.join(names)}")
+    _apply_like("key rotate", inventory, host, check=False, diff=False, verbose=0,
+                json_out=json_out, extravars={"vllama_rotate_keys": [instance]})
 
 
 # ---------------------------------------------------------------------------- wheelhouse ---

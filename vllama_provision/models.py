@@ -29,6 +29,7 @@ from pathlib import Path, PurePosixPath
 from vllama_provision import paths
 from vllama_provision.errors import VllamaError
 from vllama_provision.modelref import ModelRef, parse_model
+from vllama_provision.stores import store_for
 
 
 class ModelSourceError(VllamaError):
@@ -142,8 +143,6 @@ def resolve_source(model: str, model_file: str, model_sha256: str, models_root: 
 
 def _placed(mode: str, ref: ModelRef, file_name: str, digest: str, size: int,
             models_root: str, local_path: str = "") -> StagedSource:
-    key = digest or (ref.revision or "main")
-    store_dir = f"{models_root}/{ref.slug}/{key}"
+    place = store_for(models_root).place(ref, digest, file_name)
     return StagedSource(mode, file_name, digest, size, local_path=local_path,
-                        store_dir=store_dir,
-                        store_path=f"{store_dir}/{file_name}" if file_name else store_dir)
+                        store_dir=place.store_dir, store_path=place.store_path)

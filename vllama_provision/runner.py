@@ -6,6 +6,7 @@ live progress printer, so what the table says at the end is what Ansible reporte
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import sys
@@ -189,7 +190,7 @@ def _run_dir(command: str) -> Path:
     root.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.chmod(root, 0o700)
     stamp = time.strftime("%Y%m%dT%H%M%S")
-    run = root / f"{stamp}-{os.getpid()}-{command}"
+    run = root / f"{stamp}-{os.getpid()}-{command.replace(' ', '-')}"
     run.mkdir(mode=0o700)
     _prune_runs(root, keep=20)
     return run
@@ -211,8 +212,10 @@ def ansible_env() -> dict[str, str]:
         "ANSIBLE_PYTHON_INTERPRETER": "auto_silent",
         "PATH": bindir + os.pathsep + os.environ.get("PATH", ""),
         "VLLAMA_TEMPLATES_DIR": str(paths.templates_dir()),
-        # The watchdog callback stops the run when this process dies.
+        # The watchdog callback stops the run when this process dies. ansible-runner sets
+        # ANSIBLE_CALLBACK_PLUGINS itself (overriding ansible.cfg) and appends to this value.
         "VLLAMA_CLI_PID": str(os.getpid()),
+        "ANSIBLE_CALLBACK_PLUGINS": str(paths.data_root() / "plugins" / "callback"),
         # The role keeps the controller's private key copies and fetched wheels here.
         "VLLAMA_STATE_DIR": str(paths.state_dir()),
         "PYTHONPATH": str(Path(__file__).resolve().parent.parent) + os.pathsep
@@ -250,6 +253,8 @@ def run_playbook(request: RunRequest, *, progress: Progress | None = None,
 
     extravars = {"vllama_run_id": f"{run_dir.name}-{uuid.uuid4().hex[:8]}",
                  "vllama_run_command": f"vllama-provision {request.command}",
+                 "vllama_inventory_sha256": hashlib.sha256(
+                     request.inventory.read_bytes()).hexdigest(),
                  **request.extravars}
     if request.break_lock:
         extravars["vllama_break_lock"] = True

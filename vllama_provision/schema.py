@@ -163,6 +163,9 @@ HOST_OPTIONS: tuple[Option, ...] = (
            default="What is the capital of France?"),
     Option("vllama_verify_timeout", "int", "Seconds an engine may take to become ready.",
            default=600, minimum=10, maximum=7200),
+    Option("vllama_hf_endpoint", "str", "Hugging Face endpoint hosts download models from "
+           "(the Hub, or a mirror).", default="https://huggingface.co",
+           pattern=r"^https?://[^\s]+$", pattern_help="an http(s) URL"),
     Option("vllama_lock_wait", "int", "Seconds a run waits for another run's host lock "
            "before it refuses the host.", default=300, minimum=0, maximum=86400),
 )

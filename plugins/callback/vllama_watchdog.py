@@ -26,6 +26,12 @@ description:
 
 
 def _alive(pid: int) -> bool:
+    """Whether the process runs (a killed CLI nobody has reaped yet is a zombie: gone)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (OSError, IndexError):
+        pass
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

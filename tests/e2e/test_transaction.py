@@ -182,7 +182,7 @@ def test_a_cli_killed_while_staging_is_repaired_by_a_rerun(lab_factory: Any, lab
     cli.wait()
     time.sleep(5)  # the watchdog checks every second
     alive = [p for p in playbook_processes if Path(f"/proc/{p}").exists()
-             and "ansible" in Path(f"/proc/{p}/cmdline").read_bytes().decode(errors="ignore")]
+             and b"ansible-playbook" in Path(f"/proc/{p}/cmdline").read_bytes()]
     assert not alive, f"ansible kept running after the CLI was killed: {alive}"
     assert host.ssh(f"test -e {LOCK}; echo $?").stdout.strip() == "0", "expected a stale lock"
 
@@ -237,3 +237,34 @@ def test_the_api_key_appears_nowhere(served: Any, run_cli: Any, tmp_path: Path) 
     modes = host.ssh("stat -c '%a %U' /var/lib/vllama/secrets/smollm2.key "
                      "/var/lib/vllama/secrets/smollm2.env").stdout.split()
     assert modes == ["600", "root", "600", "root"]
+
+
+def test_key_rotate_restarts_the_engine_with_a_new_key(served: Any, run_cli: Any) -> None:
+    _lab, host, inventory = served
+    old = read_key(host.name, "smollm2")
+    result = run_cli("key", "rotate", str(inventory), host.name, "smollm2")
+    assert result.rc == 0, result.stderr
+    new = read_key(host.name, "smollm2")
+    assert new and new != old
+    assert result.instance(host.name, "smollm2")["verified"] is True
+    for key, expected in ((old, "401"), (new, "200")):
+        code = host.ssh(f"curl -s -o /dev/null -w '%{{http_code}}' -H 'Authorization: Bearer "
+                        f"{key}' http://{host.address}:8080/v1/models").stdout.strip()
+        assert code == expected
+
+
+def test_an_api_key_file_supplies_the_operators_own_key(served: Any, run_cli: Any,
+                                                        tmp_path: Path) -> None:
+    lab, host, _ = served
+    mine = "operator-chosen-key-0123456789abcdef"
+    key_file = tmp_path / "smollm2.key"
+    key_file.write_text(mine + "\n")
+    key_file.chmod(0o600)
+    inventory = write_inventory(lab, tmp_path / "own-key.yml", {
+        host.name: {"vllama_platform": "linux-cpu",
+                    "vllama_instances": [smollm2_instance(api_key_file=str(key_file))]}})
+    result = run_cli("apply", str(inventory))
+    assert result.rc == 0, result.stderr
+    assert read_key(host.name, "smollm2") == mine
+    assert result.instance(host.name, "smollm2")["verified"] is True
+    assert mine not in result.stdout + result.stderr

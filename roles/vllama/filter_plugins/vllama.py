@@ -53,11 +53,13 @@ def vllama_changed_units(rendered):
                    if r.get("changed") and str(r.get("dest", "")).startswith("/etc/systemd/")})
 
 
-def vllama_restarts(switches, rendered):
-    """Instances to restart: their release switched, or their unit file changed."""
+def vllama_restarts(switches, rendered, keys=()):
+    """Instances to restart: their release switched, their unit file or their key changed."""
     changed_units = set(vllama_changed_units(rendered))
+    new_keys = {r["item"]["name"] for r in keys if r.get("changed") and "item" in r}
     return [s for s in switches
-            if s["switch"] or f"/etc/systemd/system/{s['unit']}" in changed_units]
+            if s["switch"] or f"/etc/systemd/system/{s['unit']}" in changed_units
+            or s["name"] in new_keys]
 
 
 class FilterModule:
