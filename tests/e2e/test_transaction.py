@@ -223,17 +223,23 @@ def test_the_api_key_appears_nowhere(served: Any, run_cli: Any, tmp_path: Path) 
     assert readable == [], f"world-readable files on the controller hold the key: {readable}"
 
     unit = "vllama-smollm2.service"
+    # The searches read the key from a private file, so it is on no command line of theirs.
+    pattern = "/root/.vllama-test-pattern"
+    subprocess.run([*host.ssh_argv(), f"umask 077; cat > {pattern}"], input=key + "\n",
+                   text=True, check=True, timeout=60)
     checks = {
-        "journal": f"journalctl --no-pager -o cat | grep -c -- '{key}'",
-        "cmdlines": f"cat /proc/[0-9]*/cmdline 2>/dev/null | tr '\\0' ' ' | grep -c -- '{key}'",
-        "systemctl show": f"systemctl show {unit} | grep -c -- '{key}'",
+        "journal": f"journalctl --no-pager -o cat | grep -c -F -f {pattern}",
+        "cmdlines": (f"cat /proc/[0-9]*/cmdline 2>/dev/null | tr '\\0' ' ' "
+                     f"| grep -c -F -f {pattern}"),
+        "systemctl show": f"systemctl show {unit} | grep -c -F -f {pattern}",
         "world-readable files": (
             "find /etc /opt /var /tmp /tank /root /home /run -xdev -type f -perm -o=r "
-            f"-size -50M -print0 2>/dev/null | xargs -0 -r grep -l -- '{key}' | wc -l"),
+            f"-size -50M -print0 2>/dev/null | xargs -0 -r grep -l -F -f {pattern} | wc -l"),
     }
     for where, command in checks.items():
         count = host.ssh(command, check=False).stdout.strip().splitlines()
         assert count and count[-1] == "0", f"the key appears in the host's {where}"
+    host.ssh(f"rm -f {pattern}")
     modes = host.ssh("stat -c '%a %U' /var/lib/vllama/secrets/smollm2.key "
                      "/var/lib/vllama/secrets/smollm2.env").stdout.split()
     assert modes == ["600", "root", "600", "root"]
