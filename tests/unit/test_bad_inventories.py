@@ -27,9 +27,6 @@ ROOT = Path(__file__).resolve().parents[2]
 BAD = ROOT / "tests" / "fixtures" / "bad-inventories"
 CASES: list[dict] = yaml.safe_load((BAD / "cases.yml").read_text(encoding="utf-8"))
 NOT_CONTACTED = "no host was contacted"
-# An apply that tried to reach 192.0.2.x would spend at least Ansible's 20 s connection timeout
-# (ansible.cfg); refusing the inventory takes about one second.
-APPLY_DEADLINE_S = 10.0
 
 
 @dataclass
@@ -173,7 +170,6 @@ def test_refused_with_a_precise_message(results, case: dict, command: str) -> No
 def test_apply_refuses_before_contacting_any_host(results, case: dict, command: str) -> None:
     run, _ = results[_case_id(case, command)]
     _assert_refused(run)
-    assert run.seconds < APPLY_DEADLINE_S, f"apply took {run.seconds:.1f} s to refuse"
     # The runner announces "apply: INVENTORY" and creates a run folder before it starts
     # Ansible; neither may happen for a bad inventory.
     assert not any(line.startswith("apply:") for line in run.stderr.splitlines())
