@@ -53,6 +53,8 @@ def _finish(report: Report, json_out: str | None, table: bool = True) -> None:
     if table and json_out != "-":
         click.echo(report.table())
         for host, entry in sorted(report.hosts.items()):
+            for note in entry.notes:
+                click.echo(f"{host}: note: {note}")
             for inst in entry.instances:
                 if inst.answer:
                     click.echo(f"{host}/{inst.name} answered: {inst.answer}")

@@ -105,6 +105,7 @@ class EventHandler:
         self.progress = progress
         self.on_event = on_event
         self.seen_hosts: set[str] = set()
+        self.finished = False  # the playbook_on_stats event: the play ran to its end
 
     def __call__(self, event: dict[str, Any]) -> bool:
         try:
@@ -116,6 +117,8 @@ class EventHandler:
 
     def _handle(self, event: dict[str, Any]) -> None:
         kind = event.get("event", "")
+        if kind == "playbook_on_stats":
+            self.finished = True
         data = event.get("event_data") or {}
         host = data.get("host")
         if not host or not kind.startswith("runner_on_"):
@@ -278,4 +281,13 @@ def run_playbook(request: RunRequest, *, progress: Progress | None = None,
         except (OSError, ValueError, AttributeError):
             tail = ""
         raise RunError(f"Ansible {runner.status} before reaching any host:\n{tail}")
+    if not handler.finished:
+        # ansible-playbook died before the end of the play (killed, crashed): no host that
+        # looked fine so far can be reported as done.
+        for host in handler.seen_hosts:
+            entry = result.report.host(host)
+            if entry.status not in ("failed", "refused", "unreachable"):
+                entry.status = "failed"
+                entry.error = (f"the Ansible run ended before the play finished "
+                               f"(status {runner.status}, rc {runner.rc})")
     return result

@@ -157,8 +157,8 @@ HOST_OPTIONS: tuple[Option, ...] = (
            pattern_help="an absolute path without spaces"),
     Option("vllama_service_user", "str", "System user the engines run as.", default="vllama",
            pattern=r"^[a-z_][a-z0-9_-]{0,31}$", pattern_help="a POSIX user name"),
-    Option("vllama_verify", "bool", "Verify every instance after a change (readiness, "
-           "/v1/models, a real completion).", default=True),
+    Option("vllama_verify", "bool", "Verify every instance at the end of every apply "
+           "(readiness, /v1/models, a real completion), changed or not.", default=True),
     Option("vllama_verify_prompt", "str", "Prompt of the verification completion.",
            default="What is the capital of France?"),
     Option("vllama_verify_timeout", "int", "Seconds an engine may take to become ready.",

@@ -166,7 +166,7 @@ def test_a_cli_killed_while_staging_is_repaired_by_a_rerun(lab_factory: Any, lab
     deadline = time.monotonic() + 900
     fired = False
     while time.monotonic() < deadline and cli.poll() is None and not fired:
-        for run in set(runs.iterdir()) - known:
+        for run in set(runs.glob(f"*-{cli.pid}-apply")) - known:
             for event in run.glob("artifacts/*/job_events/*.json"):
                 try:
                     data = json.loads(event.read_text())
