@@ -119,12 +119,7 @@ def plan(inventory: Path, limit: str | None, json_out: str | None, diff: bool) -
         entry.status = "refused" if host_plan.refused else "ok"
         refusals = [c.message for c in host_plan.all_checks() if c.level == "refuse"]
         entry.error = "; ".join(refusals) or None
-        for inst in host_plan.instances:
-            item = entry.instance(inst.name)
-            item.engine, item.engine_version, item.deploy = (inst.engine, inst.engine_version,
-                                                             inst.deploy)
-            item.release, item.endpoint, item.served_name = (inst.release, inst.endpoint,
-                                                             inst.served_name)
+        entry.add_planned(host_plan.instances)
     if diff:
         _apply_like("plan", inventory, limit, check=True, diff=True, verbose=0, json_out=None,
                     tags=["vllama_preflight", "vllama_configure"], exit=False)
@@ -205,12 +200,7 @@ def render(inventory: Path, out: Path, limit: str | None, json_out: str | None,
                 entry.error = "; ".join(problems)
                 click.echo(click.style(f"{host.name}: invalid: {entry.error}", fg="red"),
                            err=True)
-        for inst in host_plan.instances:
-            item = entry.instance(inst.name)
-            item.engine, item.engine_version, item.deploy = (inst.engine, inst.engine_version,
-                                                             inst.deploy)
-            item.release, item.endpoint, item.served_name = (inst.release, inst.endpoint,
-                                                             inst.served_name)
+        entry.add_planned(host_plan.instances)
     if json_out:
         report.write_json(json_out)
     sys.exit(report.exit_code)

@@ -99,14 +99,14 @@ class Inventory:
         return iter(self.hosts.values())
 
 
-def _plain(value: Any) -> Any:
+def to_plain(value: Any) -> Any:
     """Ansible 2.19 returns tagged subclasses of str/int/list/dict; hand back plain types."""
     if isinstance(value, bool):
         return bool(value)
     if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {str(k): to_plain(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
+        return [to_plain(v) for v in value]
     if isinstance(value, str):
         return str(value)
     if isinstance(value, int):
@@ -114,6 +114,14 @@ def _plain(value: Any) -> Any:
     if isinstance(value, float):
         return float(value)
     return value
+
+
+def host_vars_from_task(task_vars: Mapping[str, Any], template: Any) -> dict[str, Any]:
+    """A host's vllama_* variables (and ansible_host) as a role's action plugin sees them,
+    templated and plain, for the same validator and planner the CLI uses."""
+    names = [k for k in task_vars if str(k).startswith("vllama_")]
+    names += [k for k in ("ansible_host",) if k in task_vars]
+    return {k: to_plain(template(task_vars[k])) for k in names}
 
 
 def _check_structure(path: Path, data: Any) -> list[Problem]:
@@ -233,7 +241,7 @@ def _resolve_hosts(path: Path, limit: str | None) -> dict[str, HostSpec]:
                         or near_miss_host_option(key)):
                     continue
                 try:
-                    resolved[key] = _plain(templar.template(raw[key]))
+                    resolved[key] = to_plain(templar.template(raw[key]))
                 except AnsibleError as exc:
                     problems.append(Problem(f"cannot be templated: {str(exc).splitlines()[0]}",
                                             file=str(path), host=host.name, variable=key))

@@ -50,6 +50,15 @@ class HostReport:
     instances: list[InstanceReport] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
+    def add_planned(self, instances: list[Any]) -> None:
+        """Record what the plan says of each instance (engine, version, release, endpoint)."""
+        for inst in instances:
+            item = self.instance(inst.name)
+            item.engine, item.engine_version, item.deploy = (inst.engine, inst.engine_version,
+                                                             inst.deploy)
+            item.release, item.endpoint, item.served_name = (inst.release, inst.endpoint,
+                                                             inst.served_name)
+
     def instance(self, name: str) -> InstanceReport:
         for inst in self.instances:
             if inst.name == name:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from ansible.plugins.action import ActionBase
 
 from vllama_provision import gpu
-from vllama_provision.inventory import HostSpec, _plain
+from vllama_provision.inventory import HostSpec, host_vars_from_task, to_plain
 from vllama_provision.planner import plan_host
 from vllama_provision.render import MANAGED
 
@@ -23,10 +23,8 @@ class ActionModule(ActionBase):
         result = super().run(tmp, task_vars)
         task_vars = task_vars or {}
         host = task_vars.get("inventory_hostname", "")
-        names = [k for k in task_vars if str(k).startswith("vllama_")] + ["ansible_host"]
-        host_vars = {k: _plain(self._templar.template(task_vars[k]))
-                     for k in names if k in task_vars}
-        facts = _plain(self._task.args.get("facts") or None)
+        host_vars = host_vars_from_task(task_vars, self._templar.template)
+        facts = to_plain(self._task.args.get("facts") or None)
         if facts:
             problems = gpu.validate_host_facts(facts)
             if problems:

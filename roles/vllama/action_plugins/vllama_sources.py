@@ -11,7 +11,7 @@ from ansible.plugins.action import ActionBase
 
 from vllama_provision import wheelhouse
 from vllama_provision.errors import VllamaError
-from vllama_provision.inventory import _plain
+from vllama_provision.inventory import to_plain
 from vllama_provision.models import resolve_source
 
 
@@ -22,8 +22,8 @@ class ActionModule(ActionBase):
     def run(self, tmp=None, task_vars=None):
         result = super().run(tmp, task_vars)
         task_vars = task_vars or {}
-        plan = _plain(self._templar.template(task_vars["_vllama_plan"]))
-        facts = _plain(self._templar.template(task_vars.get("vllama_facts") or {}))
+        plan = to_plain(self._templar.template(task_vars["_vllama_plan"]))
+        facts = to_plain(self._templar.template(task_vars.get("vllama_facts") or {}))
         platform = facts.get("platform") or {}
         sources = {}
         try:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from ansible.plugins.action import ActionBase
 
-from vllama_provision.inventory import _plain
+from vllama_provision.inventory import host_vars_from_task
 from vllama_provision.validation import validate_host
 
 
@@ -20,11 +20,7 @@ class ActionModule(ActionBase):
         result = super().run(tmp, task_vars)
         task_vars = task_vars or {}
         host = task_vars.get("inventory_hostname", "")
-        names = [k for k in task_vars if str(k).startswith("vllama_")]
-        host_vars = {k: _plain(self._templar.template(task_vars[k])) for k in names}
-        for key in ("ansible_host",):
-            if key in task_vars:
-                host_vars[key] = _plain(self._templar.template(task_vars[key]))
+        host_vars = host_vars_from_task(task_vars, self._templar.template)
         problems = validate_host(host, host_vars, file="inventory")
         result["changed"] = False
         if problems:
