@@ -17,6 +17,9 @@ def _run(*cmd: str, ansible: bool = False) -> subprocess.CompletedProcess[str]:
     """Run a tool from the venv; with ansible=True, in the environment the CLI gives Ansible."""
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
            "NO_COLOR": "1", "ANSIBLE_NOCOLOR": "1"}
+    # vllama_provision.inventory sets this for its own in-process parsing; ansible-lint's
+    # inventory-less syntax checks must not inherit it.
+    env.pop("ANSIBLE_INVENTORY_UNPARSED_FAILED", None)
     if ansible:
         env.update(ansible_env())
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, check=False,
