@@ -21,8 +21,6 @@ from vllama_provision import schema
 from vllama_provision.errors import InventoryError, Problem, UsageError
 from vllama_provision.validation import near_miss_host_option, validate_host
 
-os.environ.setdefault("ANSIBLE_INVENTORY_UNPARSED_FAILED", "1")
-
 _GROUP_KEYS = ("hosts", "vars", "children")
 _CONNECTION_VARS = frozenset({"ansible_host", "ansible_port", "ansible_user", "ansible_connection",
                               "ansible_become", "ansible_python_interpreter"})
@@ -207,6 +205,8 @@ def load_inventory(path: str | Path, limit: str | None = None,
 
 
 def _resolve_hosts(path: Path, limit: str | None) -> dict[str, HostSpec]:
+    # Before Ansible's constants are first read: an unparsable source is an error, not "empty".
+    os.environ.setdefault("ANSIBLE_INVENTORY_UNPARSED_FAILED", "1")
     # Ansible prints its own warnings on stderr; keep them out of the tool's output.
     with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
         from ansible.errors import AnsibleError

@@ -16,6 +16,8 @@ import time
 
 from ansible.plugins.callback import CallbackBase
 
+from vllama_provision.procs import process_alive
+
 DOCUMENTATION = r"""
 name: vllama_watchdog
 type: aggregate
@@ -23,22 +25,6 @@ short_description: Stop the run when the vllama-provision CLI is gone
 description:
   - Reads the CLI's pid from the VLLAMA_CLI_PID environment variable; does nothing without it.
 """
-
-
-def _alive(pid: int) -> bool:
-    """Whether the process runs (a killed CLI nobody has reaped yet is a zombie: gone)."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="utf-8") as handle:
-            return handle.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except (OSError, IndexError):
-        pass
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class CallbackModule(CallbackBase):
@@ -56,6 +42,6 @@ class CallbackModule(CallbackBase):
 
     @staticmethod
     def _watch(pid: int) -> None:
-        while _alive(pid):
+        while process_alive(pid):
             time.sleep(1)
         os.killpg(os.getpgrp(), signal.SIGKILL)

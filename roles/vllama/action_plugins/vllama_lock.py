@@ -15,23 +15,7 @@ import time
 from ansible.module_utils.parsing.convert_bool import boolean
 from ansible.plugins.action import ActionBase
 
-
-def _boot_id() -> str:
-    try:
-        with open("/proc/sys/kernel/random/boot_id", encoding="utf-8") as handle:
-            return handle.read().strip()
-    except OSError:
-        return ""
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+from vllama_provision.procs import boot_id, process_alive
 
 
 class ActionModule(ActionBase):
@@ -44,8 +28,8 @@ class ActionModule(ActionBase):
         state = args.get("state", "acquired")
         owner = {
             # Runs started with ansible-playbook directly are named after their process.
-            "run_id": task_vars.get("vllama_run_id") or f"adhoc-{os.getppid()}-{_boot_id()[:8]}",
-            "controller": socket.gethostname(), "boot_id": _boot_id(),
+            "run_id": task_vars.get("vllama_run_id") or f"adhoc-{os.getppid()}-{boot_id()[:8]}",
+            "controller": socket.gethostname(), "boot_id": boot_id(),
             # The ansible-playbook process: the worker running this plugin is its child.
             "pid": os.getppid(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "command": task_vars.get("vllama_run_command", "ansible-playbook"),
@@ -90,6 +74,6 @@ class ActionModule(ActionBase):
         if held.get("boot_id") and held.get("boot_id") != me["boot_id"]:
             return "the controller rebooted since"
         pid = int(held.get("pid") or 0)
-        if pid and not _alive(pid):
+        if pid and not process_alive(pid):
             return f"its process {pid} is gone"
         return ""
