@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-TIERS = ["static", "unit", "render", "lab", "molecule", "e2e"]
+TIERS = ["static", "unit", "render", "lab", "molecule", "e2e", "upgrade", "gpu", "airgap"]
 # Budgets (seconds, cold) the issues give each tier; printed next to the measured time.
 BUDGETS = {"static": 240, "unit": 180, "render": 180, "lab": 180, "molecule": 240,
-           "e2e": 660}
+           "e2e": 660, "upgrade": 720, "gpu": 720, "airgap": 360}
 
 
 @dataclass
@@ -95,7 +95,7 @@ def main(argv: list[str]) -> int:
         return 2
     logs = Path(os.environ.get("VLLAMA_TEST_LOGS", ROOT / ".test-logs"))
     logs.mkdir(parents=True, exist_ok=True)
-    builder = start_wheel_build(logs) if {"e2e", "molecule"} & set(wanted) else None
+    builder = start_wheel_build(logs) if {"e2e", "molecule", "upgrade", "gpu", "airgap"} & set(wanted) else None
     started = time.monotonic()
     results = [run_tier(name, logs) for name in wanted]
     if builder is not None and builder.poll() is None:
