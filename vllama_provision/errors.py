@@ -69,3 +69,15 @@ class RunError(VllamaError):
     """Ansible could not be started or its run could not be read."""
 
     exit_code = EXIT_HOST_FAILED
+
+
+class BundleError(VllamaError):
+    """A bundle could not be built, or a bundle file does not match its manifest."""
+
+    exit_code = EXIT_HOST_FAILED
+
+
+class BundleSignatureError(VllamaError):
+    """A bundle's manifest is unsigned, or its signature does not verify: no host is touched."""
+
+    exit_code = EXIT_BAD_INPUT
