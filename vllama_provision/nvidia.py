@@ -110,3 +110,37 @@ def ubuntu_kernel_flavour(kernel: str) -> str:
     """``6.8.0-45-generic`` -> ``generic``; ``5.15.0-1050-aws`` -> ``aws``; else ``""``."""
     match = _UBUNTU_KERNEL_RE.match(kernel.strip())
     return match.group(1) if match else ""
+
+
+# The newest CUDA version each driver branch supports (NVIDIA's CUDA toolkit release notes,
+# "CUDA Toolkit and Corresponding Driver Versions"). Used before a driver runs, when NVML cannot
+# say yet.
+BRANCH_CUDA = {"535": "12.2", "550": "12.4", "560": "12.6", "565": "12.7", "570": "12.8",
+               "575": "12.9", "580": "13.0"}
+
+
+def supported_cuda(facts: Mapping[str, Any], branch: str = "") -> tuple[str | None, str]:
+    """(CUDA version the driver supports, where that number comes from)."""
+    have = (facts.get("nvidia") or {}).get("cuda_version")
+    if have:
+        return have, f"driver {(facts.get('nvidia') or {}).get('driver_version')} (NVML)"
+    if branch and str(branch) in BRANCH_CUDA:
+        return BRANCH_CUDA[str(branch)], f"driver branch {branch} (being installed)"
+    return None, "no working driver"
+
+
+def image_requirements(instances: Iterable[Mapping[str, Any]]) -> list[dict[str, str]]:
+    """The CUDA version each vLLM container image of ``instances`` needs from the driver."""
+    from vllama_provision import engines
+
+    found: dict[str, str] = {}
+    for inst in instances or []:
+        if inst.get("engine", "auto") not in ("auto", "vllm"):
+            continue
+        if inst.get("deploy", "auto") not in ("auto", "container"):
+            continue
+        version = str(inst.get("engine_version") or engines.default_version("vllm", "cuda"))
+        image = inst.get("image") or f"vllm/vllm-openai:v{version}"
+        line = ".".join(version.split(".")[:2])
+        found[image] = engines.VLLM_IMAGE_CUDA.get(line, engines.VLLM_IMAGE_CUDA["default"])
+    return [{"image": image, "cuda": cuda} for image, cuda in sorted(found.items())]

@@ -14,7 +14,7 @@ DOCUMENTATION = r"""
 module: vllama_gpu_health
 short_description: Check the NVIDIA driver health of a host (read-only)
 description:
-  - Returns C(vllama_gpu_health) with C(applicable), C(healthy) and the C(checks) that ran.
+  - Returns (and sets as a fact) C(vllama_gpu_health) with C(applicable), C(healthy), C(checks).
   - Never fails by itself; the caller decides (C(verify) fails an unhealthy GPU host).
 options:
   pynvml_path:
@@ -57,7 +57,8 @@ def main():
     }, supports_check_mode=True)
     health = host.gpu_health(module.params["pynvml_path"], module.params["sysfs_root"],
                              module.params["modules_root"])
-    module.exit_json(changed=False, vllama_gpu_health=health)
+    module.exit_json(changed=False, vllama_gpu_health=health,
+                     ansible_facts={"vllama_gpu_health": health})
 
 
 if __name__ == "__main__":
