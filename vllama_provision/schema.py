@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vllama_provision.errors import Problem
+from vllama_provision.zfs import DEFAULT_PROPERTIES as DEFAULT_ZFS_PROPERTIES
 
 _NO_DEFAULT = object()
 
@@ -28,7 +29,7 @@ SERVED_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$"
 VERSION_PATTERN = r"^[0-9]+(\.[0-9]+)*([a-z]+[0-9]*)?(\.post[0-9]+)?(\+[A-Za-z0-9.]+)?$"
 SHA256_PATTERN = r"^[0-9a-f]{64}$"
 ABS_PATH_PATTERN = r"^/[^\s]*$"
-ZFS_DATASET_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]*(/[A-Za-z0-9_.:-]+)*$"
+ZFS_DATASET_PATTERN = r"^[A-Za-z][A-Za-z0-9_.:-]*(/[A-Za-z0-9_.:-]+)*$"
 
 
 @dataclass(frozen=True)
@@ -147,6 +148,12 @@ HOST_OPTIONS: tuple[Option, ...] = (
            "ZFS dataset under which model datasets are created. Empty: plain directories.",
            default="", pattern=r"^$|" + ZFS_DATASET_PATTERN[1:],
            pattern_help="POOL[/DATASET...]"),
+    Option("vllama_zfs_properties", "dict",
+           "ZFS properties of every model dataset (with vllama_zfs_dataset). The mapping "
+           "replaces these production defaults as a whole; properties left out are inherited "
+           "from the parent dataset. Preflight refuses a value the pool does not support (zfs-fuse "
+           "and other pools before feature flags: no lz4, recordsize at most 128K, no xattr=sa).",
+           default=dict(DEFAULT_ZFS_PROPERTIES)),
     Option("vllama_platform", "str", "Host platform. auto: from the host's facts.",
            default="auto", choices=("auto", "linux-nvidia", "linux-cpu", "macos-arm64")),
     Option("vllama_install_root", "str", "Root of engines, instances and releases on the host.",

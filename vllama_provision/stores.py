@@ -9,8 +9,11 @@ model data.
 
     <models_root>/<slug>/<sha256 or revision>/<file>
 
-A ZFS store (one dataset per content under ``vllama_zfs_dataset``, issue 7) is to implement the
-same interface; until it exists every host uses plain folders.
+``ZfsStore`` (hosts with ``vllama_zfs_dataset``) gives every content its own dataset,
+``<dataset>/<slug>--<sha256 prefix or revision>``, mounted at the very folder a
+``DirectoryStore`` would use. The role creates it, fills and verifies it, then snapshots it
+(``@staged``) and sets ``readonly=on``; it is never written again, and garbage collection destroys
+it once no release references it (``vllama_provision.zfs``).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from vllama_provision.modelref import ModelRef
+from vllama_provision.zfs import child_name
 
 
 @dataclass(frozen=True)
@@ -27,6 +31,7 @@ class Placement:
 
     store_dir: str
     store_path: str
+    dataset: str = ""  # the ZFS dataset mounted at store_dir ('' for plain folders)
 
 
 class ModelStore(Protocol):
@@ -48,6 +53,23 @@ class DirectoryStore:
         return Placement(store_dir, f"{store_dir}/{file_name}" if file_name else store_dir)
 
 
-def store_for(models_root: str) -> ModelStore:
-    """The store a host uses."""
+@dataclass(frozen=True)
+class ZfsStore:
+    """One ZFS dataset per content under ``parent``, mounted where a DirectoryStore folder
+    would be (so releases and engines see the same paths either way)."""
+
+    parent: str
+    root: str
+
+    def place(self, ref: ModelRef, content_key: str, file_name: str) -> Placement:
+        key = content_key or ref.revision or "main"
+        folder = DirectoryStore(self.root).place(ref, content_key, file_name)
+        return Placement(folder.store_dir, folder.store_path,
+                         dataset=child_name(self.parent, ref.slug, key))
+
+
+def store_for(models_root: str, zfs_dataset: str = "") -> ModelStore:
+    """The store a host uses: ZFS datasets when ``vllama_zfs_dataset`` is set, else folders."""
+    if zfs_dataset:
+        return ZfsStore(zfs_dataset, models_root)
     return DirectoryStore(models_root)

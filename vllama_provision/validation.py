@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from pathlib import PurePosixPath
 from typing import Any
 
-from vllama_provision import schema
+from vllama_provision import schema, zfs
 from vllama_provision.errors import Problem
 from vllama_provision.modelref import ALLOWED as MODEL_ALLOWED
 from vllama_provision.modelref import ModelRefError, parse_model
@@ -264,6 +264,8 @@ def validate_host(host: str, host_vars: Mapping[str, Any], *, file: str = "") ->
     # (vllama_lab*) share the prefix but are not engine options.
     present = {k: v for k, v in present.items() if not k.startswith(OTHER_PREFIXES)}
     problems = schema.validate_mapping(present, schema.HOST_OPTIONS, where=where)
+    flagged = {p.variable for p in problems}
+    problems += zfs.validate({k: v for k, v in present.items() if k not in flagged}, where)
     for key in host_vars:
         meant = near_miss_host_option(key)
         if meant:

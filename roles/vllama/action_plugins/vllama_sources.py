@@ -29,7 +29,8 @@ class ActionModule(ActionBase):
         try:
             for inst in plan["instances"]:
                 model = resolve_source(inst["model"]["raw"], inst["model_file"],
-                                       inst["model_sha256"], plan["models_root"])
+                                       inst["model_sha256"], plan["models_root"],
+                                       zfs_dataset=plan.get("zfs_dataset") or "")
                 key = wheelhouse.key_for(inst["server"], inst["engine_version"],
                                          inst["backend"], platform.get("machine", "x86_64"),
                                          platform.get("python", "3"),
