@@ -73,7 +73,7 @@ class BundleResult:
 
     @property
     def complete(self) -> bool:
-        return not any(i.missing for i in self.items)
+        return not self.manifest.not_collected and not any(i.missing for i in self.items)
 
     def to_dict(self) -> dict[str, Any]:
         return {"command": "bundle", "out": str(self.out), "bundle_id": self.manifest.bundle_id,
@@ -224,13 +224,16 @@ class _Builder:
               hf_endpoint: str) -> None:
         key = model_key(raw, model_file)
         recipe = {"model": raw, "model_file": model_file, "model_sha256": pinned}
+        ref = parse_model(raw)
+        if ref.kind == "path":  # a controller file may change under the same name
+            local = Path(ref.path) / model_file if model_file else Path(ref.path)
+            recipe["content"] = sha256_file(local) if local.is_file() else ""
         entry = self._reusable("models", key, recipe)
         if entry is not None:
             self._keep(entry)
             self.manifest.models[key] = entry
             self._item(Item("model", key, "reused", hosts), entry["files"])
             return
-        ref = parse_model(raw)
         try:
             if ref.kind == "pypi":
                 local, digest = fetch_pypi(ref)
@@ -243,7 +246,7 @@ class _Builder:
                               f"{local} is a folder: name the file with model_file")
                     self._item(Item("model", key, "on host", hosts, detail), [])
                     return
-                source, digest, commit = local, sha256_file(local), ""
+                source, digest, commit = local, recipe["content"], ""
             else:
                 source, digest, commit = self._hf(ref, model_file, pinned, hf_endpoint)
         except (VllamaError, _HfUnavailable) as exc:
