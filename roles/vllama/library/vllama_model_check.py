@@ -136,6 +136,25 @@ def sha256_of(path):
     return digest.hexdigest()
 
 
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt")
+
+
+def check_hf_folder(module, path):
+    """A Hugging Face model folder: config.json plus at least one weight file."""
+    names = sorted(os.listdir(path))
+    if "config.json" not in names:
+        module.fail_json(msg=f"{path}: refused: a model folder needs config.json (a Hugging "
+                             "Face model folder); it has " + (", ".join(names[:8]) or "nothing"))
+    weights = [n for n in names if n.endswith(WEIGHT_SUFFIXES)]
+    if not weights:
+        module.fail_json(msg=f"{path}: refused: the model folder has no weights "
+                             "(*.safetensors or *.bin)")
+    size = sum(os.path.getsize(os.path.join(path, n)) for n in names
+               if os.path.isfile(os.path.join(path, n)))
+    return {"changed": False, "path": path, "size": size, "sha256": "", "folder": True,
+            "weights": weights}
+
+
 def main():
     module = AnsibleModule(argument_spec={
         "path": {"type": "path", "required": True},
@@ -152,6 +171,10 @@ def main():
             msg += "; the copy was removed"
         module.fail_json(msg=msg, **extra)
 
+    if os.path.isdir(path) and not module.params["gguf"]:
+        # A Hugging Face folder (vLLM): its files are checked when they are downloaded; here
+        # only that it is one (config.json and weights), so a wrong path fails before a start.
+        module.exit_json(**check_hf_folder(module, path))
     if not os.path.isfile(path):
         module.fail_json(msg=f"model file {path} does not exist on the host")
     result = {"changed": False, "path": path, "size": os.path.getsize(path)}

@@ -103,6 +103,23 @@ def check_models(base, key, served):
         raise ProbeError(f"/v1/models without the key answered HTTP {anonymous}, not 401")
 
 
+UNKNOWN_MODEL = "vllama-verify-no-such-model"
+
+
+def check_unknown_model(base, key):
+    """A request for a model the endpoint does not serve must get 404 (not another model)."""
+    body = {"model": UNKNOWN_MODEL, "max_tokens": 1,
+            "messages": [{"role": "user", "content": "hi"}]}
+    try:
+        with _request(base + "/v1/chat/completions", key, body, timeout=60) as resp:
+            status = resp.status
+    except urllib.error.HTTPError as exc:
+        status = exc.code
+    if status != 404:
+        raise ProbeError(f"a request for the unknown model '{UNKNOWN_MODEL}' answered HTTP "
+                         f"{status}, expected 404")
+
+
 def chat(base, key, served, prompt, max_tokens):
     body = {"model": served, "temperature": 0, "max_tokens": max_tokens,
             "messages": [{"role": "user", "content": prompt}]}
@@ -153,6 +170,9 @@ def verify_one(inst, prompt, timeout, max_tokens):
     try:
         wait_ready(base, inst["readiness"], key, timeout)
         check_models(base, key, inst["served_name"])
+        if inst["readiness"].get("rejects_unknown_model"):
+            check_unknown_model(base, key)
+            out["unknown_model_rejected"] = True
         out["answer"] = chat(base, key, inst["served_name"], prompt, max_tokens)
         out["ttft_ms"], out["tokens_per_s"] = stream(base, key, inst["served_name"], prompt,
                                                      max_tokens)

@@ -1,0 +1,91 @@
+"""A llama.cpp server image built locally, as a ``docker save`` archive (test code).
+
+No registry is reachable here, so the image the container test runs is built on the
+controller, cached per recipe under ``<cache>/images/<key>/image.tar``:
+
+* root filesystem: the lab's bookworm golden image (Debian 12 minbase with python3 and curl,
+  which the rendered healthcheck uses), without docs and apt lists;
+* ``/opt/xllamacpp``: the xllamacpp wheel (llama.cpp's own C++ HTTP server in a Python
+  extension, portable x86-64 build), and ``/usr/local/bin/llama-server`` (tests/gpu/image/), an
+  entry point taking the llama-server flags vllama-provision renders for the official
+  ``ghcr.io/ggml-org/llama.cpp:server`` image.
+
+The archive is in ``docker save`` format (manifest.json, config, one layer), so the role's
+``image_archive`` path loads it with ``docker load`` like any saved image.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from vllama_provision import paths
+from vllama_provision.lab import golden
+
+XLLAMACPP = "xllamacpp==2026.10.11549"
+ENTRYPOINT = Path(__file__).resolve().parent / "image" / "llama-server"
+REPOSITORY = "vllama-test/llama-server"
+EXCLUDES = ["./usr/share/doc", "./usr/share/man", "./usr/share/locale", "./usr/share/info",
+            "./var/lib/apt/lists", "./var/cache/apt", "./root/.ssh", "./etc/ssh/ssh_host_*"]
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def build_image(log: Path) -> tuple[str, Path]:
+    """(image reference, archive path), built once per recipe."""
+    rootfs = golden.ensure(golden.DEFAULT_SUITE)
+    recipe = json.dumps({"golden": str(rootfs), "xllamacpp": XLLAMACPP,
+                         "entrypoint": _sha256(ENTRYPOINT), "excludes": EXCLUDES},
+                        sort_keys=True)
+    key = hashlib.sha256(recipe.encode()).hexdigest()[:12]
+    reference = f"{REPOSITORY}:{key}"
+    target = paths.cache_dir() / "images" / key
+    archive = target / "image.tar"
+    if (target / "COMPLETE").is_file():
+        return reference, archive
+    target.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=".image-", dir=target.parent))
+    extra = work / "extra"
+    with log.open("a") as out:
+        subprocess.run([sys.executable, "-m", "pip", "install", "--disable-pip-version-check",
+                        "-q", "--no-deps", "--target", str(extra / "opt/xllamacpp"), XLLAMACPP],
+                       stdout=out, stderr=subprocess.STDOUT, check=True)
+    (extra / "usr/local/bin").mkdir(parents=True)
+    shutil.copy2(ENTRYPOINT, extra / "usr/local/bin/llama-server")
+    (extra / "usr/local/bin/llama-server").chmod(0o755)
+    layer = work / "layer.tar"
+    subprocess.run(["tar", "-C", str(rootfs), "--numeric-owner",
+                    *[f"--exclude={e}" for e in EXCLUDES], "-cf", str(layer), "."], check=True)
+    subprocess.run(["tar", "-C", str(extra), "--owner=0", "--group=0", "--numeric-owner",
+                    "-rf", str(layer), "opt", "usr"], check=True)
+    config = {"architecture": "amd64", "os": "linux",
+              "config": {"Entrypoint": ["/usr/local/bin/llama-server"],
+                         "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:"
+                                 "/bin"]},
+              "rootfs": {"type": "layers", "diff_ids": [f"sha256:{_sha256(layer)}"]}}
+    config_blob = json.dumps(config).encode()
+    config_name = f"{hashlib.sha256(config_blob).hexdigest()}.json"
+    (work / config_name).write_bytes(config_blob)
+    manifest = [{"Config": config_name, "RepoTags": [reference], "Layers": ["layer.tar"]}]
+    (work / "manifest.json").write_text(json.dumps(manifest))
+    folder = work / "out"
+    folder.mkdir()
+    subprocess.run(["tar", "-C", str(work), "-cf", str(folder / "image.tar"), "manifest.json",
+                    config_name, "layer.tar"], check=True)
+    (folder / "COMPLETE").write_text(reference + "\n")
+    if target.exists():
+        shutil.rmtree(target)
+    folder.rename(target)
+    shutil.rmtree(work, ignore_errors=True)
+    return reference, archive

