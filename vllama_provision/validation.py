@@ -46,7 +46,7 @@ OPTION_FLAGS = {
 }
 
 # Variables of the other roles, of `lab up`, and those the CLI passes for one run.
-OTHER_PREFIXES = ("vllama_lab", "vllama_base_", "vllama_facts", "vllama_run_",
+OTHER_PREFIXES = ("vllama_lab", "vllama_base_", "vllama_facts", "vllama_run_", "vllama_nvidia_",
                   "vllama_break_lock", "vllama_rotate_keys", "vllama_inventory_sha256")
 
 _GPU_UUID = re.compile(r"^(GPU|MIG)-[0-9a-fA-F-]{8,}$")
