@@ -123,3 +123,12 @@ def test_cuda_architectures_cover_the_fleet_once_each():
 ])
 def test_ubuntu_kernel_flavour(kernel, flavour):
     assert nvidia.ubuntu_kernel_flavour(kernel) == flavour
+
+
+def test_cuda_build_flags_cover_the_fleet():
+    from vllama_provision.engines import cmake_args_for
+
+    fleet = [load("rtx4090.json"), load("a100-80gb.json")]
+    assert cmake_args_for("cuda", cuda_architectures=nvidia.cuda_architectures(fleet)) == \
+        "-DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES=80;89"
+    assert cmake_args_for("cuda") == "-DGGML_CUDA=on"
