@@ -27,6 +27,8 @@ class ActionModule(ActionBase):
         plan = to_plain(self._templar.template(task_vars["_vllama_plan"]))
         facts = to_plain(self._templar.template(task_vars.get("vllama_facts") or {}))
         platform = facts.get("platform") or {}
+        if task_vars.get("vllama_run_bundle"):
+            return self._from_bundle(result, plan, platform, task_vars["vllama_run_bundle"])
         sources = {}
         try:
             for inst in plan["instances"]:
@@ -57,4 +59,19 @@ class ActionModule(ActionBase):
             return result
         result.update(changed=False, sources=sources,
                       ansible_facts={"_vllama_sources": sources})
+        return result
+
+    def _from_bundle(self, result, plan, platform, bundle):
+        """apply --bundle: every source comes from the verified bundle (see bundle.consume)."""
+        from vllama_provision.bundle.consume import sources_for_host
+
+        try:
+            sources, host_part = sources_for_host(plan, platform,
+                                                  to_plain(self._templar.template(bundle)))
+        except VllamaError as exc:
+            result.update(failed=True, msg=str(exc))
+            return result
+        result.update(changed=False, sources=sources,
+                      ansible_facts={"_vllama_sources": sources,
+                                     "_vllama_bundle_host": host_part})
         return result
