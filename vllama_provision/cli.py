@@ -15,6 +15,7 @@ from typing import Any, ClassVar, TypeVar
 import click
 
 from vllama_provision import __version__, paths, schema
+from vllama_provision.bundle.options import bundle_extravars, bundle_options
 from vllama_provision.errors import EXIT_BAD_INPUT, InventoryError, UsageError, VllamaError
 from vllama_provision.report import Report
 
@@ -64,7 +65,10 @@ def _finish(report: Report, json_out: str | None, table: bool = True) -> None:
 class _Commands(click.Group):
     """The command group; `lab` is imported only when it is used (it is large)."""
 
-    lazy: ClassVar[dict[str, tuple[str, str]]] = {"lab": ("vllama_provision.lab.cli", "lab")}
+    lazy: ClassVar[dict[str, tuple[str, str]]] = {
+        "lab": ("vllama_provision.lab.cli", "lab"),
+        "bundle": ("vllama_provision.bundle.command", "bundle"),
+    }
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted([*super().list_commands(ctx), *self.lazy])
@@ -301,15 +305,17 @@ def _controller_checks(report: Report, plans: dict[str, dict[str, Any]]) -> None
 @_limit_opt
 @_json_opt
 @_change_opts
+@bundle_options
 def apply(inventory: Path, limit: str | None, json_out: str | None, check: bool, diff: bool,
-          verbose: int, break_lock: bool) -> None:
+          verbose: int, break_lock: bool, bundle: Path | None, bundle_key: Path | None) -> None:
     """Provision every host: engine, model, service, verified endpoint.
 
     Every change goes through a release: a host whose new release fails verification is
     switched back to its previous release, restarted and verified again.
     """
+    extravars = bundle_extravars(bundle, bundle_key, inventory, limit)
     _apply_like("apply", inventory, limit, check=check, diff=diff, verbose=verbose,
-                json_out=json_out, break_lock=break_lock)
+                json_out=json_out, break_lock=break_lock, extravars=extravars)
 
 
 @cli.command()

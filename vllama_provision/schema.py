@@ -165,6 +165,18 @@ HOST_OPTIONS: tuple[Option, ...] = (
            default=dict(DEFAULT_ZFS_PROPERTIES)),
     Option("vllama_platform", "str", "Host platform. auto: from the host's facts.",
            default="auto", choices=("auto", "linux-nvidia", "linux-cpu", "macos-arm64")),
+    Option("vllama_os", "str", "Operating system release, for `bundle` (which contacts no "
+           "host). Empty: from the facts cache.", default="",
+           choices=("", "debian12", "debian13", "ubuntu22.04", "ubuntu24.04", "rhel9", "macos")),
+    Option("vllama_arch", "str", "CPU architecture, for `bundle`. Empty: from the facts cache.",
+           default="", choices=("", "x86_64", "aarch64", "arm64")),
+    Option("vllama_python", "str", "Python version of the host's system Python (MAJOR.MINOR), "
+           "for `bundle`. Empty: from the facts cache.", default="",
+           pattern=r"^$|^3\.[0-9]{1,2}$", pattern_help="a Python version like 3.11"),
+    Option("vllama_bundle_key", "str", "Controller-side OpenSSH ed25519 public key that bundles "
+           "applied with --bundle must be signed with (--bundle-key overrides it). Empty: the "
+           "controller's own bundle key.", default="", pattern=r"^$|" + ABS_PATH_PATTERN[1:],
+           pattern_help="an absolute path"),
     Option("vllama_install_root", "str", "Root of engines, instances and releases on the host.",
            default="/opt/vllama", pattern=ABS_PATH_PATTERN,
            pattern_help="an absolute path without spaces"),
