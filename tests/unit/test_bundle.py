@@ -354,3 +354,31 @@ def test_apply_refuses_a_tampered_manifest_before_contacting_any_host(tmp_path: 
     missing = _cli(["apply", str(inventory), "--bundle", str(out), "--bundle-key",
                     str(tmp_path / "nope.pub")], tmp_path)
     assert missing.returncode == 2 and "does not exist" in missing.stderr
+
+
+def test_images_without_a_docker_engine_and_foreign_targets_are_reported(tmp_path: Path) -> None:
+    model = tmp_path / "m.gguf"
+    model.write_bytes(b"m" * 10)
+    inv = {"all": {"hosts": {"gh1": {
+        "ansible_host": "192.0.2.9", "vllama_platform": "linux-nvidia", "vllama_os": "rhel9",
+        "vllama_arch": "aarch64", "vllama_python": "3.11",
+        "vllama_instances": [{"name": "v", "engine": "llamacpp", "deploy": "container",
+                              "model": str(model)}]}}}}
+    path = tmp_path / "inv.yml"
+    path.write_text(yaml.safe_dump(inv))
+    env_path = dict(os.environ)
+    if not shutil.which("docker", path=env_path.get("PATH")):
+        print("no docker client here: the engine check fails the same way")
+    proc = _cli(["bundle", str(path), "--out", str(tmp_path / "b"), "--json",
+                 str(tmp_path / "r.json")], tmp_path)
+    assert proc.returncode == 1, proc.stderr
+    report = json.loads((tmp_path / "r.json").read_text())
+    status = {(i["kind"], i["status"]) for i in report["items"]}
+    assert ("image", "not collected") in status and ("apt", "not collected") in status
+    assert ("model", "fetched") in status
+    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    image = next(iter(manifest["images"].values()))
+    assert image["status"] == "not collected: no Docker engine"
+    whys = " ".join(n["why"] for n in manifest["not_collected"])
+    assert "rhel9 hosts do not use apt" in whys
+    assert manifest["hosts"]["gh1"]["complete"] is False

@@ -288,8 +288,8 @@ class _Builder:
         engine = docker and subprocess.run([docker, "info"], capture_output=True,
                                            check=False).returncode == 0
         if not engine:
-            why = "not collected: no Docker engine on this controller (docker save needs one)"
-            self.manifest.images[image] = {"status": why}
+            why = "no Docker engine on this controller (docker save needs one)"
+            self.manifest.images[image] = {"status": "not collected: no Docker engine"}
             self.manifest.not_collected.append({"what": f"image {image}", "why": why,
                                                 "hosts": ", ".join(hosts)})
             self._item(Item("image", image, "not collected", hosts, why), [])
