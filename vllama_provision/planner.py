@@ -98,6 +98,7 @@ class HostPlan:
     models_root: str
     zfs_dataset: str
     zfs_properties: dict[str, str] = field(default_factory=dict)
+    stop_timeout: int = 90
     instances: list[InstancePlan] = field(default_factory=list)
     checks: list[Check] = field(default_factory=list)
 
@@ -190,7 +191,23 @@ def _cpu_kvcache_gib(facts: gpu.HostFacts | None) -> int:
     return int(min(32, max(1, math.floor(memory / GIB / 4))))
 
 
-def plan_host(host: HostSpec, facts: gpu.HostFacts | None = None) -> HostPlan:
+@dataclass(frozen=True)
+class EngineOverride:
+    """``upgrade --engine E --version V`` (and ``plan`` with the same flags): every instance
+    whose engine is E plans version V instead of its inventory's engine_version."""
+
+    engine: str
+    version: str
+
+    @classmethod
+    def from_vars(cls, value: Any) -> EngineOverride | None:
+        if isinstance(value, dict) and value.get("engine") and value.get("version"):
+            return cls(str(value["engine"]), str(value["version"]))
+        return None
+
+
+def plan_host(host: HostSpec, facts: gpu.HostFacts | None = None,
+              override: EngineOverride | None = None) -> HostPlan:
     """Plan one (already validated) host."""
     declared = host.var("vllama_platform")
     checks: list[Check] = []
@@ -213,7 +230,7 @@ def plan_host(host: HostSpec, facts: gpu.HostFacts | None = None) -> HostPlan:
         models_root=host.var("vllama_models_root"), zfs_dataset=host.var("vllama_zfs_dataset"),
         zfs_properties=zfs.normalize_properties(host.var("vllama_zfs_properties"))
         if host.var("vllama_zfs_dataset") else {},
-        checks=checks)
+        stop_timeout=host.var("vllama_stop_timeout"), checks=checks)
     if facts is not None and platform is not None and declared not in PLATFORMS:
         # The platform came from facts: the static checks that depend on it (engine choices,
         # shared GPUs, default ports) run now, and their problems are refusals.
@@ -231,12 +248,13 @@ def plan_host(host: HostSpec, facts: gpu.HostFacts | None = None) -> HostPlan:
                                      "`vllama-provision facts INVENTORY --save`)"))
         return plan
     for inst in host.instances:
-        plan.instances.append(_plan_instance(host, plan, platform, inst, facts))
+        plan.instances.append(_plan_instance(host, plan, platform, inst, facts, override))
     return plan
 
 
 def _plan_instance(host: HostSpec, plan: HostPlan, platform: str, inst: dict[str, Any],
-                   facts: gpu.HostFacts | None) -> InstancePlan:
+                   facts: gpu.HostFacts | None,
+                   override: EngineOverride | None = None) -> InstancePlan:
     name = inst["name"]
     engine = resolve_engine(inst["engine"], platform) or "llamacpp"
     deploy = resolve_deploy(inst["deploy"], platform) or "native"
@@ -249,6 +267,8 @@ def _plan_instance(host: HostSpec, plan: HostPlan, platform: str, inst: dict[str
         checks.append(Check("refuse", "engine", refusal, name))
 
     version = inst["engine_version"] or engines.default_version(server, backend)
+    if override is not None and override.engine == engine:
+        version = override.version
     package = engines.package_for(server, backend, version) if deploy == "native" else ""
     default_machine = "arm64" if platform == "macos-arm64" else "x86_64"
     machine = facts["platform"]["machine"] if facts else default_machine

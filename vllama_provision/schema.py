@@ -196,6 +196,24 @@ HOST_OPTIONS: tuple[Option, ...] = (
            pattern=r"^https?://[^\s]+$", pattern_help="an http(s) URL"),
     Option("vllama_lock_wait", "int", "Seconds a run waits for another run's host lock "
            "before it refuses the host.", default=300, minimum=0, maximum=86400),
+    Option("vllama_keep_releases", "int", "Releases kept per instance besides the current and "
+           "the previous one; older releases, and the engine environments and model copies "
+           "nothing references any more, are removed after each verified switch.",
+           default=3, minimum=0, maximum=100),
+    Option("vllama_stop_timeout", "int", "Seconds an engine may take to stop (finish in-flight "
+           "requests) before systemd kills it (TimeoutStopSec).", default=90, minimum=5,
+           maximum=3600),
+    Option("vllama_hook_pre_switch", "str", "Shell command run before this host switches "
+           "releases (take it out of the load balancer, drain requests). A failure stops the "
+           "host before anything changed. Empty: none.", default=""),
+    Option("vllama_hook_post_verify", "str", "Shell command run after this host's new "
+           "releases verified (put it back into the load balancer). Empty: none.",
+           default=""),
+    Option("vllama_hook_on", "str", "Where the hooks run: on the host, or on the controller "
+           "(with VLLAMA_HOST set to the host's inventory name).", default="host",
+           choices=("host", "controller")),
+    Option("vllama_hook_timeout", "int", "Seconds a hook may run before it counts as failed.",
+           default=300, minimum=1, maximum=86400),
 )
 
 HOST_OPTION_NAMES = frozenset(o.name for o in HOST_OPTIONS)

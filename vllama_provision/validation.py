@@ -47,7 +47,10 @@ OPTION_FLAGS = {
 
 # Variables of the other roles, of `lab up`, and those the CLI passes for one run.
 OTHER_PREFIXES = ("vllama_lab", "vllama_base_", "vllama_facts", "vllama_run_", "vllama_nvidia_",
-                  "vllama_break_lock", "vllama_rotate_keys", "vllama_inventory_sha256")
+                  "vllama_break_lock", "vllama_rotate_keys", "vllama_inventory_sha256",
+                  # Set by the CLI for one run (upgrade, rollback, apply flags), never by hand.
+                  "vllama_allow_downgrade", "vllama_require_artifacts", "vllama_rollback",
+                  "vllama_engine_override", "vllama_phase")
 
 _GPU_UUID = re.compile(r"^(GPU|MIG)-[0-9a-fA-F-]{8,}$")
 

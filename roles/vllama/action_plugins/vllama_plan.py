@@ -11,7 +11,7 @@ from ansible.plugins.action import ActionBase
 
 from vllama_provision import gpu
 from vllama_provision.inventory import HostSpec, host_vars_from_task, to_plain
-from vllama_provision.planner import plan_host
+from vllama_provision.planner import EngineOverride, plan_host
 from vllama_provision.render import MANAGED
 
 
@@ -30,7 +30,8 @@ class ActionModule(ActionBase):
             if problems:
                 result.update(failed=True, msg="host facts are malformed: " + "; ".join(problems))
                 return result
-        plan = plan_host(HostSpec(name=host, file="inventory", vars=host_vars), facts)
+        override = EngineOverride.from_vars(to_plain(task_vars.get("vllama_engine_override")))
+        plan = plan_host(HostSpec(name=host, file="inventory", vars=host_vars), facts, override)
         data = plan.to_dict()
         data["managed"] = MANAGED
         refusals = [f"{c['instance'] + ': ' if c['instance'] else ''}{c['message']}"
