@@ -17,6 +17,7 @@ import click
 from vllama_provision import __version__, paths, schema
 from vllama_provision.bundle.options import bundle_extravars, bundle_options
 from vllama_provision.errors import EXIT_BAD_INPUT, InventoryError, UsageError, VllamaError
+from vllama_provision.fleet_cli import batch_opts
 from vllama_provision.report import Report
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -68,6 +69,9 @@ class _Commands(click.Group):
     lazy: ClassVar[dict[str, tuple[str, str]]] = {
         "lab": ("vllama_provision.lab.cli", "lab"),
         "bundle": ("vllama_provision.bundle.command", "bundle"),
+        "upgrade": ("vllama_provision.fleet_cli", "upgrade"),
+        "rollback": ("vllama_provision.fleet_cli", "rollback"),
+        "status": ("vllama_provision.fleet_cli", "status"),
     }
 
     def list_commands(self, ctx: click.Context) -> list[str]:
@@ -102,7 +106,11 @@ def cli() -> None:
 @_json_opt
 @click.option("--diff", is_flag=True,
               help="Also contact the hosts read-only and show how their files would change.")
-def plan(inventory: Path, limit: str | None, json_out: str | None, diff: bool) -> None:
+@click.option("--engine", "engine", type=click.Choice(["llamacpp", "vllm"]),
+              help="With --version: plan this engine at another version (as `upgrade` would).")
+@click.option("--version", "version", help="The engine version for --engine.")
+def plan(inventory: Path, limit: str | None, json_out: str | None, diff: bool,
+         engine: str | None, version: str | None) -> None:
     """Show what each host gets: platform, engine, flags, release and checks.
 
     Works offline. Checks that need host facts (GPU count, VRAM fit, driver) use the cache
@@ -110,14 +118,18 @@ def plan(inventory: Path, limit: str | None, json_out: str | None, diff: bool) -
     """
     from vllama_provision import facts as fact_cache
     from vllama_provision.inventory import load_inventory
-    from vllama_provision.planner import plan_host
+    from vllama_provision.planner import EngineOverride, plan_host
 
+    if bool(engine) != bool(version):
+        raise UsageError("--engine and --version go together (for example --engine llamacpp "
+                         "--version 0.3.36)")
+    override = EngineOverride(engine, version) if engine and version else None
     inv = load_inventory(inventory, limit)
     report = Report(command="plan")
     to_stderr = json_out == "-"  # keep stdout pure JSON
     for host in inv:
         cached = fact_cache.load(inventory, host.name)
-        host_plan = plan_host(host, cached)
+        host_plan = plan_host(host, cached, override)
         _print_plan(host_plan, err=to_stderr)
         entry = report.host(host.name)
         entry.status = "refused" if host_plan.refused else "ok"
@@ -126,7 +138,9 @@ def plan(inventory: Path, limit: str | None, json_out: str | None, diff: bool) -
         entry.add_planned(host_plan.instances)
     if diff:
         _apply_like("plan", inventory, limit, check=True, diff=True, verbose=0, json_out=None,
-                    tags=["vllama_preflight", "vllama_configure"], exit=False)
+                    tags=["vllama_preflight", "vllama_configure"], exit=False,
+                    extravars={"vllama_engine_override": {"engine": engine, "version": version}}
+                    if override else None)
     if json_out:
         report.write_json(json_out)
     sys.exit(report.exit_code)
@@ -305,15 +319,30 @@ def _controller_checks(report: Report, plans: dict[str, dict[str, Any]]) -> None
 @_limit_opt
 @_json_opt
 @_change_opts
+@batch_opts
+@click.option("--allow-downgrade", is_flag=True,
+              help="Allow an engine_version older than what a host runs.")
 @bundle_options
 def apply(inventory: Path, limit: str | None, json_out: str | None, check: bool, diff: bool,
-          verbose: int, break_lock: bool, bundle: Path | None, bundle_key: Path | None) -> None:
+          verbose: int, break_lock: bool, batch: str | None, max_fail: int,
+          allow_downgrade: bool, bundle: Path | None, bundle_key: Path | None) -> None:
     """Provision every host: engine, model, service, verified endpoint.
 
     Every change goes through a release: a host whose new release fails verification is
-    switched back to its previous release, restarted and verified again.
+    switched back to its previous release, restarted and verified again. A host that runs a
+    newer engine than the inventory asks for is refused unless --allow-downgrade is given.
+    With --batch or --max-fail, hosts are prepared all at once and switched batch by batch,
+    as `upgrade` does.
     """
-    extravars = bundle_extravars(bundle, bundle_key, inventory, limit)
+    extravars = {"vllama_allow_downgrade": True} if allow_downgrade else {}
+    extravars.update(bundle_extravars(bundle, bundle_key, inventory, limit))
+    if (batch or max_fail) and not check:
+        from vllama_provision.fleet_cli import finish, rollout_cmd, target_hosts
+
+        names, _hosts = target_hosts(inventory, limit)
+        finish(rollout_cmd("apply", inventory, names, batch=batch, max_fail=max_fail,
+                           extravars=extravars, verbose=verbose, break_lock=break_lock),
+               json_out)
     _apply_like("apply", inventory, limit, check=check, diff=diff, verbose=verbose,
                 json_out=json_out, break_lock=break_lock, extravars=extravars)
 

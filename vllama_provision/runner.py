@@ -27,6 +27,7 @@ from vllama_provision.report import Report
 _PLAN_ACTION = "vllama_plan"
 _VERIFY_ACTION = "vllama_verify"
 _FACTS_ACTION = "vllama_host_facts"
+_RELEASE_ACTION = "vllama_release"
 
 
 @dataclass
@@ -179,6 +180,13 @@ class EventHandler:
                 for key in ("ttft_ms", "tokens_per_s", "answer"):
                     if inst.get(key) is not None:
                         setattr(item, key, inst[key])
+        elif short == _RELEASE_ACTION:
+            for name, release in (res.get("report_releases") or {}).items():
+                report.instance(name).release = release
+            if res.get("removed"):
+                report.notes.append(f"removed {len(res['removed'])} unreferenced release(s), "
+                                    f"engine(s) or model copies, freed "
+                                    f"{int(res.get('freed_bytes') or 0) / 2**20:.0f} MiB")
         elif short == _FACTS_ACTION and isinstance(res.get("vllama_facts"), dict):
             self.result.facts[host] = res["vllama_facts"]
         if res.get("stale_lock"):

@@ -1,0 +1,201 @@
+"""Fleet commands: ``upgrade``, ``rollback`` and ``status`` (and the batch options of apply).
+
+They share one procedure (vllama_provision.rollout): a fleet-wide preflight, then the new
+releases prepared on every host at once, then switched batch by batch through the release
+transaction, stopping once more hosts failed than ``--max-fail`` allows.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from vllama_provision.errors import UsageError
+from vllama_provision.report import Report
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+ENGINES = ("llamacpp", "vllm")
+
+
+def batch_opts(func: F) -> F:
+    """--batch and --max-fail, shared by apply, upgrade and rollback."""
+    func = click.option("--max-fail", "max_fail", type=click.IntRange(min=0), default=0,
+                        show_default=True,
+                        help="Failed hosts tolerated before the rollout stops; hosts not yet "
+                             "switched then stay untouched.")(func)
+    return click.option("--batch", "batch", metavar="N|N%",
+                        help="Hosts switched at a time (a number or a percentage of the "
+                             "hosts).")(func)
+
+
+def target_hosts(inventory: Path, limit: str | None,
+                 engine: str | None = None) -> tuple[list[str], list[Any]]:
+    """Validated hosts (inventory order), and those with an instance of ``engine`` (or all)."""
+    from vllama_provision.inventory import load_inventory
+    from vllama_provision.planner import plan_host
+
+    inv = load_inventory(inventory, limit)  # bad input never reaches a host
+    hosts = list(inv)
+    if engine is None:
+        return [h.name for h in hosts], hosts
+    chosen = []
+    for host in hosts:
+        plan = plan_host(host)
+        if not plan.instances or any(i.engine == engine for i in plan.instances):
+            # Without a platform in the inventory the engine is only known from facts: the
+            # host is a target, its planner decides per instance.
+            chosen.append(host)
+    return [h.name for h in chosen], chosen
+
+
+def finish(report: Report, json_out: str | None) -> None:
+    """Print the report (and write --json), then exit with its code."""
+    from vllama_provision.cli import _finish
+
+    _finish(report, json_out)
+
+
+def rollout_cmd(command: str, inventory: Path, hosts: list[str], *, batch: str | None,
+                max_fail: int, extravars: dict[str, Any], prepare: bool = True,
+                prepare_only: bool = False, require_artifacts: bool = False, verbose: int = 0,
+                break_lock: bool = False) -> Report:
+    from vllama_provision.releases import parse_batch
+    from vllama_provision.rollout import Rollout, run_rollout
+
+    parse_batch(batch)  # a bad --batch is a usage error before anything runs
+    if not hosts:
+        raise UsageError("no host matches: nothing to do")
+    click.echo(f"{command}: {inventory} ({len(hosts)} host(s), batch {batch or 1}, "
+               f"--max-fail {max_fail})", err=True)
+    result = run_rollout(Rollout(
+        command=command, inventory=inventory, hosts=hosts, batch=batch, max_fail=max_fail,
+        extravars=extravars, prepare=prepare, prepare_only=prepare_only,
+        require_artifacts=require_artifacts, verbose=verbose, break_lock=break_lock))
+    from vllama_provision.cli import _controller_checks
+
+    _controller_checks(result.report, {h: p for h, p in result.plans.items()
+                                       if h in result.switched})
+    return result.report
+
+
+@click.command()
+@click.argument("inventory", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--engine", "engine", required=True, type=click.Choice(ENGINES),
+              help="The engine to upgrade.")
+@click.option("--version", "version", required=True, help="The engine version to roll out.")
+@click.option("--limit", "-l", metavar="PATTERN", help="Only these hosts (an Ansible pattern).")
+@batch_opts
+@click.option("--prepare-only", is_flag=True,
+              help="Stop after preparing the new releases on every host (nothing switches).")
+@click.option("--allow-downgrade", is_flag=True, help="Allow VERSION to be older than what a "
+              "host runs.")
+@click.option("--write-inventory", is_flag=True,
+              help="After a complete rollout, set engine_version to VERSION in the inventory.")
+@click.option("--check", is_flag=True, help="Dry run: show what each host would switch to.")
+@click.option("--break-lock", is_flag=True, help="Replace a host lock held by a run that is "
+              "gone.")
+@click.option("--json", "json_out", metavar="FILE", help="Also write the report as JSON.")
+@click.option("-v", "--verbose", count=True, help="Ansible verbosity.")
+def upgrade(inventory: Path, engine: str, version: str, limit: str | None, batch: str | None,
+            max_fail: int, prepare_only: bool, allow_downgrade: bool, write_inventory: bool,
+            check: bool, break_lock: bool, json_out: str | None, verbose: int) -> None:
+    """Roll out engine VERSION to every instance of ENGINE, batch by batch.
+
+    A fleet-wide preflight runs first (every host valid, every engine wheel available); then
+    the new releases are prepared on all hosts at once; then hosts switch in batches, each
+    through the release transaction: a host that fails is rolled back automatically, and the
+    rollout stops once more hosts failed than --max-fail allows.
+    """
+    extravars: dict[str, Any] = {"vllama_engine_override": {"engine": engine,
+                                                            "version": version}}
+    if allow_downgrade:
+        extravars["vllama_allow_downgrade"] = True
+    names, hosts = target_hosts(inventory, limit, engine)
+    if check:
+        from vllama_provision.cli import _apply_like
+
+        report = _apply_like("upgrade", inventory, ",".join(names), check=True, diff=False,
+                             verbose=verbose, json_out=None, extravars=extravars, exit=False)
+        finish(report, json_out)
+    report = rollout_cmd("upgrade", inventory, names, batch=batch, max_fail=max_fail,
+                         extravars=extravars, prepare_only=prepare_only,
+                         require_artifacts=True, verbose=verbose, break_lock=break_lock)
+    done = report.exit_code == 0 and not prepare_only
+    _inventory_edit(inventory, hosts, engine, version, report, write=write_inventory and done)
+    finish(report, json_out)
+
+
+def _inventory_edit(inventory: Path, hosts: list[Any], engine: str, version: str,
+                    report: Report, *, write: bool) -> None:
+    from vllama_provision.inventory_edit import set_engine_version
+
+    targets = {(h.name, i.name) for h in hosts
+               for i in report.host(h.name).instances if i.engine == engine}
+    names = sorted({inst for _host, inst in targets})
+    if not names:
+        return
+    if write:
+        edited, missing = set_engine_version(inventory, names, engine, version)
+        for where in edited:
+            click.echo(f"inventory: set engine_version: {version!r} at {where}", err=True)
+        for name in missing:
+            click.echo(f"inventory: instance {name!r} is not defined in {inventory}; set its "
+                       f"engine_version: {version!r} where it is defined", err=True)
+    else:
+        click.echo(f"To make {engine} {version} the desired state, set `engine_version: "
+                   f"{version!r}` on instance(s) {', '.join(names)} in {inventory} (or re-run "
+                   "with --write-inventory).", err=True)
+
+
+@click.command()
+@click.argument("inventory", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--limit", "-l", metavar="PATTERN", help="Only these hosts (an Ansible pattern).")
+@click.option("--to", "to", metavar="RELEASE",
+              help="Switch to this release (an id or a unique prefix) instead of the previous "
+                   "one; a newer release rolls forward.")
+@batch_opts
+@click.option("--break-lock", is_flag=True, help="Replace a host lock held by a run that is "
+              "gone.")
+@click.option("--json", "json_out", metavar="FILE", help="Also write the report as JSON.")
+@click.option("-v", "--verbose", count=True, help="Ansible verbosity.")
+def rollback(inventory: Path, limit: str | None, to: str | None, batch: str | None,
+             max_fail: int, break_lock: bool, json_out: str | None, verbose: int) -> None:
+    """Switch every instance back to its previous release (or to --to RELEASE).
+
+    The same transaction as apply: switch, restart, verify. A rollback that fails verification
+    is switched back to what served before, the host fails and the rollout stops (it never
+    loops).
+    """
+    names, _hosts = target_hosts(inventory, limit)
+    report = rollout_cmd("rollback", inventory, names, batch=batch, max_fail=max_fail,
+                         extravars={"vllama_rollback": {"to": to or ""}}, prepare=False,
+                         verbose=verbose, break_lock=break_lock)
+    finish(report, json_out)
+
+
+@click.command()
+@click.argument("inventory", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--limit", "-l", metavar="PATTERN", help="Only these hosts (an Ansible pattern).")
+@click.option("--json", "json_out", metavar="FILE", help="Also write the status as JSON.")
+def status(inventory: Path, limit: str | None, json_out: str | None) -> None:
+    """What each host runs now: releases, engine, service, endpoint health, lock (read-only)."""
+    from vllama_provision.status import gather, render
+
+    names, _hosts = target_hosts(inventory, limit)
+    data = gather(inventory, names)
+    if json_out:
+        import json
+
+        text = json.dumps(data, indent=2, sort_keys=True) + "\n"
+        if json_out == "-":
+            sys.stdout.write(text)
+        else:
+            Path(json_out).write_text(text, encoding="utf-8")
+    if json_out != "-":
+        click.echo(render(data))
+    sys.exit(0 if data["summary"]["healthy"] else 1)
