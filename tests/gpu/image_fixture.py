@@ -42,10 +42,18 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _libgomp_version() -> str:
+    proc = subprocess.run(["apt-cache", "policy", "libgomp1"], capture_output=True, text=True,
+                          check=False)
+    match = [line.split()[-1] for line in proc.stdout.splitlines() if "Candidate:" in line]
+    return match[0] if match else "unknown"
+
+
 def build_image(log: Path) -> tuple[str, Path]:
     """(image reference, archive path), built once per recipe."""
     rootfs = golden.ensure(golden.DEFAULT_SUITE)
-    recipe = json.dumps({"golden": str(rootfs), "xllamacpp": XLLAMACPP,
+    recipe = json.dumps({"golden": str(rootfs), "xllamacpp": XLLAMACPP, "layout": 3,
+                         "libgomp": _libgomp_version(),
                          "entrypoint": _sha256(ENTRYPOINT), "excludes": EXCLUDES},
                         sort_keys=True)
     key = hashlib.sha256(recipe.encode()).hexdigest()[:12]
@@ -61,6 +69,13 @@ def build_image(log: Path) -> tuple[str, Path]:
         subprocess.run([sys.executable, "-m", "pip", "install", "--disable-pip-version-check",
                         "-q", "--no-deps", "--target", str(extra / "opt/xllamacpp"), XLLAMACPP],
                        stdout=out, stderr=subprocess.STDOUT, check=True)
+        # xllamacpp links libgomp (OpenMP), which Debian's minbase lacks: the Debian package's
+        # library, added as new files only.
+        subprocess.run(["apt-get", "download", "-q", "libgomp1"], cwd=work, stdout=out,
+                       stderr=subprocess.STDOUT, check=True)
+    deb = next(work.glob("libgomp1_*.deb"))
+    subprocess.run(["dpkg-deb", "-x", str(deb), str(extra)], check=True)
+    libs = sorted(str(p.relative_to(extra)) for p in extra.glob("usr/lib/*/libgomp.so.1*"))
     (extra / "usr/local/bin").mkdir(parents=True)
     shutil.copy2(ENTRYPOINT, extra / "usr/local/bin/llama-server")
     (extra / "usr/local/bin/llama-server").chmod(0o755)
@@ -68,7 +83,8 @@ def build_image(log: Path) -> tuple[str, Path]:
     subprocess.run(["tar", "-C", str(rootfs), "--numeric-owner",
                     *[f"--exclude={e}" for e in EXCLUDES], "-cf", str(layer), "."], check=True)
     subprocess.run(["tar", "-C", str(extra), "--owner=0", "--group=0", "--numeric-owner",
-                    "-rf", str(layer), "opt", "usr"], check=True)
+                    "-rf", str(layer), "opt/xllamacpp", "usr/local/bin/llama-server", *libs],
+                   check=True)  # new paths only: Docker refuses duplicate entries in a layer
     config = {"architecture": "amd64", "os": "linux",
               "config": {"Entrypoint": ["/usr/local/bin/llama-server"],
                          "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:"
