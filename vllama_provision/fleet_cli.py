@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 import click
 
+from vllama_provision.bundle.options import bundle_extravars, bundle_options
 from vllama_provision.errors import UsageError
 from vllama_provision.report import Report
 
@@ -101,21 +102,25 @@ def rollout_cmd(command: str, inventory: Path, hosts: list[str], *, batch: str |
               "gone.")
 @click.option("--json", "json_out", metavar="FILE", help="Also write the report as JSON.")
 @click.option("-v", "--verbose", count=True, help="Ansible verbosity.")
+@bundle_options
 def upgrade(inventory: Path, engine: str, version: str, limit: str | None, batch: str | None,
             max_fail: int, prepare_only: bool, allow_downgrade: bool, write_inventory: bool,
-            check: bool, break_lock: bool, json_out: str | None, verbose: int) -> None:
+            check: bool, break_lock: bool, json_out: str | None, verbose: int,
+            bundle: Path | None, bundle_key: Path | None) -> None:
     """Roll out engine VERSION to every instance of ENGINE, batch by batch.
 
     A fleet-wide preflight runs first (every host valid, every engine wheel available); then
     the new releases are prepared on all hosts at once; then hosts switch in batches, each
     through the release transaction: a host that fails is rolled back automatically, and the
-    rollout stops once more hosts failed than --max-fail allows.
+    rollout stops once more hosts failed than --max-fail allows. With --bundle, everything is
+    installed from a signed offline bundle (see `bundle`).
     """
     extravars: dict[str, Any] = {"vllama_engine_override": {"engine": engine,
                                                             "version": version}}
     if allow_downgrade:
         extravars["vllama_allow_downgrade"] = True
     names, hosts = target_hosts(inventory, limit, engine)
+    extravars.update(bundle_extravars(bundle, bundle_key, inventory, limit))
     if check:
         from vllama_provision.cli import _apply_like
 
