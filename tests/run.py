@@ -95,7 +95,8 @@ def main(argv: list[str]) -> int:
         return 2
     logs = Path(os.environ.get("VLLAMA_TEST_LOGS", ROOT / ".test-logs"))
     logs.mkdir(parents=True, exist_ok=True)
-    builder = start_wheel_build(logs) if {"e2e", "molecule", "upgrade", "gpu", "airgap"} & set(wanted) else None
+    needs_wheel = {"e2e", "molecule", "upgrade", "gpu", "airgap"} & set(wanted)
+    builder = start_wheel_build(logs) if needs_wheel else None
     started = time.monotonic()
     results = [run_tier(name, logs) for name in wanted]
     if builder is not None and builder.poll() is None:
