@@ -176,8 +176,8 @@ def install_docker(host: LabHost) -> None:
         return
     host.ssh("apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "
              "--no-install-recommends --download-only " + " ".join(DOCKER_PACKAGES), timeout=900)
-    tar = subprocess.run([*host.ssh_argv(), "tar -C /var/cache/apt/archives -cf - "
-                          "--wildcards '*.deb'"], capture_output=True, timeout=300, check=True)
+    tar = subprocess.run([*host.ssh_argv(), "cd /var/cache/apt/archives && tar -cf - *.deb"],
+                         capture_output=True, timeout=300, check=True)
     folder.mkdir(parents=True, exist_ok=True)
     subprocess.run(["tar", "-C", str(folder), "-xf", "-"], input=tar.stdout, check=True)
     (folder / ".complete").write_text("\n".join(DOCKER_PACKAGES) + "\n")

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -164,8 +165,12 @@ def test_first_run_installs_the_pinned_branch_and_reboots(runs, host):
     assert not any(fr.DRIVER_NEWER in v for v in versions)  # the newer branch was available
     policy = h.ssh("apt-cache policy nvidia-open").stdout
     assert f"Candidate: {fr.DRIVER}-1" in policy and fr.DRIVER_NEWER in policy
-    # One boot at start-up plus the reboot the role made.
-    assert runs["boots_after_first"].split() == ["boot", "boot"]
+    # The role rebooted the host: the module-load stand-in (installed by the run) ran at boot,
+    # and the GPU health check after the reboot passed.
+    assert re.search(r"Reboot to load the new driver\.\] \**\nchanged:", proc.stdout)
+    assert runs["boots_after_first"].split() == ["boot"]
+    assert re.search(r"Fail when the GPUs are not healthy after the reboot\.\] \**\nok:",
+                     proc.stdout)
 
 
 def test_packages_are_held(runs, host):
