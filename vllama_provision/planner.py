@@ -331,6 +331,10 @@ def _plan_instance(host: HostSpec, plan: HostPlan, platform: str, inst: dict[str
     if image and "@sha256:" not in image:
         checks.append(Check("warn", "image", f"{image} is pinned by tag only; set image: "
                             "REPO@sha256:DIGEST to pin it by digest", name))
+    if plan.zfs_dataset and ref.kind == "hf" and not ref.revision and not inst["model_sha256"]:
+        checks.append(Check("warn", "model", f"{ref.raw} is not pinned: its ZFS dataset "
+                            "(<slug>--main) is sealed once staged and will not follow the "
+                            "branch; pin it as ORG/NAME@REVISION (or set model_sha256)", name))
     return InstancePlan(
         name=name, engine=engine, server=server, deploy=deploy, backend=backend,
         service_manager=service_manager, engine_version=version, engine_package=package,

@@ -246,3 +246,21 @@ def test_gc_keeps_referenced_and_foreign_datasets() -> None:
                               keep=["tank/m/c--3"])
     assert [d.name for d in doomed] == ["tank/m/b--22"]
     assert zfs.unreferenced(datasets[:1], ["/models/a/1/sub/file.gguf"]) == []
+
+
+def test_an_unpinned_hugging_face_model_on_zfs_is_warned_about() -> None:
+    inst = {"name": "q", "engine": "llamacpp", "model": "Org/Name", "model_file": "a.gguf"}
+    warnings = {}
+    for dataset in ("tank/m", ""):
+        plan = plan_host(HostSpec("h1", "inv.yml", {"vllama_platform": "linux-cpu",
+                                                    "vllama_zfs_dataset": dataset,
+                                                    "vllama_instances": [inst]}))
+        warnings[dataset] = [c.message for c in plan.all_checks() if c.level == "warn"]
+    assert warnings[""] == []
+    assert warnings["tank/m"] == [
+        "Org/Name is not pinned: its ZFS dataset (<slug>--main) is sealed once staged and will "
+        "not follow the branch; pin it as ORG/NAME@REVISION (or set model_sha256)"]
+    pinned = plan_host(HostSpec("h1", "inv.yml", {
+        "vllama_platform": "linux-cpu", "vllama_zfs_dataset": "tank/m",
+        "vllama_instances": [{**inst, "model": "Org/Name@abc123"}]}))
+    assert not [c for c in pinned.all_checks() if c.level == "warn"]
