@@ -382,3 +382,22 @@ def test_images_without_a_docker_engine_and_foreign_targets_are_reported(tmp_pat
     whys = " ".join(n["why"] for n in manifest["not_collected"])
     assert "rhel9 hosts do not use apt" in whys
     assert manifest["hosts"]["gh1"]["complete"] is False
+
+
+def test_bundle_for_an_upgrade_collects_the_new_engine_version(tmp_path: Path) -> None:
+    inv = {"all": {"hosts": {"gh1": {
+        "ansible_host": "192.0.2.12", "vllama_platform": "linux-cpu", "vllama_os": "ubuntu24.04",
+        "vllama_arch": "aarch64", "vllama_python": "3.12",
+        "vllama_instances": [{"name": "m", "engine": "llamacpp", "model": "/srv/m.gguf"}]}}}}
+    path = tmp_path / "inv.yml"
+    path.write_text(yaml.safe_dump(inv))
+    proc = _cli(["bundle", str(path), "--out", str(tmp_path / "b"), "--engine", "llamacpp",
+                 "--version", "0.3.30", "--json", str(tmp_path / "r.json")], tmp_path)
+    assert proc.returncode == 1, proc.stderr  # aarch64 wheels cannot be built here
+    items = json.loads((tmp_path / "r.json").read_text())["items"]
+    wheels = next(i for i in items if i["kind"] == "wheels")
+    assert wheels["name"].startswith("llama-cpp-python-0.3.30-cpu-aarch64-cp312-glibc2.39-")
+    assert wheels["status"] == "not collected" and "this controller is x86_64" in wheels["detail"]
+    alone = _cli(["bundle", str(path), "--out", str(tmp_path / "b"), "--engine", "llamacpp"],
+                 tmp_path)
+    assert alone.returncode == 2 and "--engine and --version go together" in alone.stderr

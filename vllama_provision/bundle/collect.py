@@ -37,7 +37,7 @@ from vllama_provision.errors import BundleError, BundleSignatureError, UsageErro
 from vllama_provision.inventory import HostSpec, load_inventory
 from vllama_provision.modelref import parse_model
 from vllama_provision.models import fetch_pypi
-from vllama_provision.planner import HostPlan, plan_host
+from vllama_provision.planner import EngineOverride, HostPlan, plan_host
 
 
 @dataclass
@@ -361,13 +361,14 @@ def model_key(raw: str, model_file: str) -> str:
     return f"{raw}|{model_file}" if model_file else raw
 
 
-def _hosts(inventory: Path, limit: str | None) -> list[_Host]:
+def _hosts(inventory: Path, limit: str | None,
+           override: EngineOverride | None = None) -> list[_Host]:
     inv = load_inventory(inventory, limit)
     hosts, problems = [], []
     for spec in inv:
         cached = fact_cache.load(inventory, spec.name)
         target, why = target_for(spec.vars, dict(cached) if cached else None)
-        plan = plan_host(spec, cached)
+        plan = plan_host(spec, cached, override)
         if target is None:
             problems.append(f"host {spec.name}: {why}")
             continue
@@ -398,10 +399,12 @@ def _previous(out: Path, key: signing.SigningKey, echo: Callable[[str], None]) -
 
 def build(inventory: Path, out: Path, *, limit: str | None = None,
           sign_key: Path | None = None, refresh: bool = False,
+          override: EngineOverride | None = None,
           echo: Callable[[str], None] = print) -> BundleResult:
-    """Collect and sign a bundle for the inventory's hosts into ``out``."""
+    """Collect and sign a bundle for the inventory's hosts into ``out`` (with ``override``,
+    for the engine version an ``upgrade --engine E --version V`` installs)."""
     started = time.monotonic()
-    hosts = _hosts(inventory, limit)  # bad input fails before anything is fetched
+    hosts = _hosts(inventory, limit, override)  # bad input fails before anything is fetched
     key = signing.ensure_key(sign_key)
     out.mkdir(parents=True, exist_ok=True)
     builder = _Builder(out, _previous(out, key, echo), refresh, echo)

@@ -23,11 +23,16 @@ from vllama_provision.errors import EXIT_HOST_FAILED, EXIT_OK
               help="OpenSSH ed25519 private key to sign the manifest with (its public half "
                    "KEYFILE.pub must exist). Default: this controller's bundle key, created on "
                    "first use under the state folder.")
+@click.option("--engine", "engine", type=click.Choice(["llamacpp", "vllm"]),
+              help="With --version: bundle this engine at another version, for `upgrade "
+                   "--engine E --version V --bundle DIR`.")
+@click.option("--version", "version", help="The engine version for --engine.")
 @click.option("--refresh", is_flag=True,
               help="Resolve everything again (new dependency releases, package updates) "
                    "instead of reusing the items of the earlier bundle in --out.")
 def bundle(inventory: Path, out: Path, limit: str | None, json_out: str | None,
-           sign_key: Path | None, refresh: bool) -> None:
+           sign_key: Path | None, engine: str | None, version: str | None,
+           refresh: bool) -> None:
     """Collect everything the inventory's hosts need into a signed offline bundle.
 
     Contacts no host: each host's OS, architecture and Python come from vllama_os,
@@ -39,6 +44,13 @@ def bundle(inventory: Path, out: Path, limit: str | None, json_out: str | None,
     --bundle-key PUBFILE`.
     """
     from vllama_provision.bundle.collect import build, write_report
+    from vllama_provision.errors import UsageError
+    from vllama_provision.planner import EngineOverride
+
+    if bool(engine) != bool(version):
+        raise UsageError("--engine and --version go together (for example --engine llamacpp "
+                         "--version 0.3.36)")
+    override = EngineOverride(engine, version) if engine and version else None
 
     to_stderr = json_out == "-"
 
@@ -46,7 +58,8 @@ def bundle(inventory: Path, out: Path, limit: str | None, json_out: str | None,
         click.echo(text, err=to_stderr)
 
     echo(f"bundle: {inventory} -> {out}")
-    result = build(inventory, out, limit=limit, sign_key=sign_key, refresh=refresh, echo=echo)
+    result = build(inventory, out, limit=limit, sign_key=sign_key, refresh=refresh,
+                   override=override, echo=echo)
     if result.key_created:
         echo(click.style(f"created a bundle signing key; its public half is {result.public_key}"
                          " (give it to the sites that apply this bundle)", fg="yellow"))
