@@ -161,8 +161,9 @@ def _inventory_edit(inventory: Path, hosts: list[Any], engine: str, version: str
 @click.argument("inventory", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--limit", "-l", metavar="PATTERN", help="Only these hosts (an Ansible pattern).")
 @click.option("--to", "to", metavar="RELEASE",
-              help="Switch to this release (an id or a unique prefix) instead of the previous "
-                   "one; a newer release rolls forward.")
+              help="Switch to this release instead of the previous one: an id, a unique "
+                   "prefix, or an engine version (release ids differ between hosts, so a "
+                   "fleet-wide --to names a version). A newer release rolls forward.")
 @batch_opts
 @click.option("--break-lock", is_flag=True, help="Replace a host lock held by a run that is "
               "gone.")

@@ -119,6 +119,7 @@ def test_rollback_targets_previous_or_a_unique_prefix() -> None:
     assert FILTERS.vllama_rollback_targets([_inst()], {"chat": state}) == {"chat": "r-a1"}
     assert FILTERS.vllama_rollback_targets([_inst()], {"chat": state}, "r-b3") == {
         "chat": "r-b3"}
+    assert FILTERS.vllama_rollback_targets([_inst()], {"chat": state}, "3") == {"chat": "r-b3"}
     with pytest.raises(Exception, match="more than one release matches 'r-b'"):
         FILTERS.vllama_rollback_targets([_inst()], {"chat": state}, "r-b")
     with pytest.raises(Exception, match="no previous release"):

@@ -73,8 +73,10 @@ def _release_field(state, release, key):
 
 
 def vllama_rollback_targets(instances, releases, to=""):
-    """The release each instance rolls back (or forward) to: ``to`` (a release id or a unique
-    prefix of one) or the instance's previous release."""
+    """The release each instance rolls back (or forward) to: ``to`` (a release id, a unique
+    prefix of one, or an engine version: the newest release with that version) or the
+    instance's previous release. Release ids differ between hosts (they hash each host's own
+    desired state), so a fleet-wide ``--to`` names a version."""
     targets = {}
     for instance in instances:
         name = instance["name"]
@@ -82,10 +84,18 @@ def vllama_rollback_targets(instances, releases, to=""):
         known = [r["id"] for r in state.get("releases") or []]
         if to:
             matches = [r for r in known if r.startswith(to)]
+            if not matches:
+                # Releases are listed oldest first: the newest with that engine version.
+                versioned = [r["id"] for r in state.get("releases") or []
+                             if r.get("engine_version") == to]
+                matches = versioned[-1:]
             if len(matches) != 1:
+                listing = ", ".join(f"{r['id']} ({r.get('engine_version') or '?'})"
+                                    for r in state.get("releases") or []) or "none"
                 raise AnsibleFilterError(
                     f"{name}: {'no' if not matches else 'more than one'} release matches "
-                    f"{to!r}; releases on this host: {', '.join(known) or 'none'}")
+                    f"{to!r} (a release id, a unique prefix, or an engine version); releases "
+                    f"on this host: {listing}")
             targets[name] = matches[0]
         elif state.get("previous") and state["previous"] in known:
             targets[name] = state["previous"]
