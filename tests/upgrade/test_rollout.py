@@ -85,18 +85,20 @@ class Poller:
 
 
 def switch_windows(known: set[Path]) -> dict[str, tuple[float, float]]:
-    """Per host, from the new runs' Ansible events: from the start of its switch to the end of
-    its verification (wall clock), i.e. the only time it may be unavailable."""
+    """Per host, from the new upgrade runs' Ansible events: from its switch (the engine restarts
+    right after) to the end of its verification (wall clock): the only time it may be down."""
     windows: dict[str, list[float]] = {}
     for run in known_runs() - known:
+        if not run.name.endswith("-upgrade"):
+            continue  # another command's run (other tests may share this machine)
         for event in run.glob("artifacts/*/job_events/*.json"):
             data = json.loads(event.read_text())
             info = data.get("event_data") or {}
             task, host = info.get("task"), info.get("host")
+            if data["event"] != "runner_on_ok" or task not in (SWITCH_TASK, VERIFY_TASK):
+                continue  # (skipped tasks of the prepare run also emit runner_on_start)
             at = datetime.fromisoformat(data["created"]).replace(tzinfo=UTC).timestamp()
-            if (task == SWITCH_TASK and data["event"] == "runner_on_start") or (
-                    task == VERIFY_TASK and data["event"] == "runner_on_ok"):
-                windows.setdefault(host, []).append(at)
+            windows.setdefault(host, []).append(at)
     return {host: (min(times), max(times)) for host, times in windows.items()}
 
 
