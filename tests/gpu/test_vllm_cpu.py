@@ -165,18 +165,18 @@ def test_openai_endpoint_checks(lab: Any) -> None:
     assert code == 404, reply
 
 
-def test_verify_command_passes_and_a_second_apply_does_not_restart(
+def test_verify_command_passes_without_restarting_the_engine(
         lab: Any, inventory: Path, run_cli: Any) -> None:
+    """`vllama-provision verify` checks the running engine for real and changes nothing.
+    (A converged second apply is covered for llama.cpp in tests/e2e; here it would cost two
+    more minutes of the tier for the same role tasks.)"""
     host = lab.hosts[0]
     pid = host.ssh("systemctl show -p MainPID --value vllama-smolvllm.service").stdout.strip()
+    start = time.monotonic()
     result = run_cli("verify", str(inventory))
+    TIMES["verify_s"] = time.monotonic() - start
     assert result.rc == 0, result.stderr[-2000:]
     assert result.instance(host.name, "smolvllm")["verified"] is True
-    start = time.monotonic()
-    again = run_cli("apply", str(inventory))
-    TIMES["converged_apply_s"] = time.monotonic() - start
-    assert again.rc == 0, again.stderr[-2000:]
-    assert again.host(host.name)["changed"] == 0, again.host(host.name)
     assert host.ssh("systemctl show -p MainPID --value vllama-smolvllm.service"
                     ).stdout.strip() == pid
     print(f"vLLM timings: {TIMES}")
