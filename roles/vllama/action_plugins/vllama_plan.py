@@ -30,7 +30,7 @@ class ActionModule(ActionBase):
             if problems:
                 result.update(failed=True, msg="host facts are malformed: " + "; ".join(problems))
                 return result
-        override = EngineOverride.from_vars(to_plain(task_vars.get("vllama_engine_override")))
+        override = EngineOverride.from_vars(host_vars.get("vllama_engine_override"))  # templated
         plan = plan_host(HostSpec(name=host, file="inventory", vars=host_vars), facts, override)
         data = plan.to_dict()
         data["managed"] = MANAGED
