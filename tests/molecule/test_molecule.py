@@ -4,6 +4,7 @@ verified) and the upgrade scenario (a failed upgrade rolled back, checked by its
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +17,10 @@ from wheels import ensure_relabelled
 pytestmark = [pytest.mark.lab, pytest.mark.molecule]
 
 REPO = Path(__file__).resolve().parents[2]
+# Seconds for `molecule test`. The upgrade scenario converges the real role (engine venv, model,
+# verification), prepares a second engine and waits out the broken build's verification before
+# rolling back: about 15 minutes on a shared 2-core machine under load.
+TIMEOUT = {"default": 900, "upgrade": 1500}
 
 
 __all__ = ["engine_wheel"]
@@ -40,9 +45,20 @@ def _molecule_test(scenario: str, steps: tuple[str, ...]) -> None:
         pytest.skip(message)
     env = {**os.environ, "PATH": f"{molecule.parent}{os.pathsep}{os.environ.get('PATH', '')}",
            "PYTHONPATH": str(REPO), "ANSIBLE_NOCOLOR": "1", "NO_COLOR": "1"}
-    proc = subprocess.run([str(molecule), "test", "--scenario-name", scenario], cwd=REPO,
-                          env=env, capture_output=True, text=True, timeout=900, check=False)
-    output = proc.stdout + proc.stderr
+    # Its own session, so a timeout stops molecule AND its ansible-playbook children; then the
+    # lab is taken down (molecule's destroy never ran) before the test fails.
+    proc = subprocess.Popen([str(molecule), "test", "--scenario-name", scenario], cwd=REPO,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+    try:
+        output, _ = proc.communicate(timeout=TIMEOUT[scenario])
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        output, _ = proc.communicate()
+        subprocess.run([sys.executable, "-m", "vllama_provision.cli", "lab", "down", "--lab",
+                        f"molecule-{scenario}"], cwd=REPO, env=env, check=False)
+        pytest.fail(f"molecule test --scenario-name {scenario} took over {TIMEOUT[scenario]} s"
+                    f"\n{output[-6000:]}", pytrace=False)
     assert proc.returncode == 0, output[-6000:]
     for step in steps:
         assert f"{step}: Executed: Successful" in output, output[-6000:]
