@@ -567,12 +567,16 @@ def test_readiness_wait_needs_the_served_name(cases: dict[str, Case]) -> None:
     code = exec_start_post_code(case.file("systemd").content)
     engine = _Engine("some-other-model", "", failures=0)
     try:
-        with pytest.raises(subprocess.TimeoutExpired):
-            subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=4,
-                           env={"VLLAMA_READY_URL": f"{engine.url}/v1/models",
-                                "VLLAMA_READY_NAME": "smollm2-135m-instruct"}, check=False)
+        # An engine that answers /v1/models without the served name will not change its mind:
+        # the start fails at once, naming both, instead of waiting for TimeoutStartSec.
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=30,
+                              text=True, env={"VLLAMA_READY_URL": f"{engine.url}/v1/models",
+                                   "VLLAMA_READY_NAME": "smollm2-135m-instruct"}, check=False)
     finally:
         engine.close()
+    assert proc.returncode == 1
+    assert ("vllama: the engine serves some-other-model, not smollm2-135m-instruct"
+            in proc.stderr)
 
 
 # ---------------------------------------------------------------------------------------------

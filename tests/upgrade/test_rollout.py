@@ -13,6 +13,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -105,8 +106,13 @@ def switch_windows(known: set[Path]) -> dict[str, tuple[float, float]]:
 def fault(fleet: Fleet, host: Any, code: str) -> None:
     """Prepend ``code`` to the llama.cpp server entry point of the NEW engine on ``host``."""
     target = f"{fleet.venv(host, NEW)}/{SERVER_MAIN}"
-    host.ssh(f"test -e {target}.orig || cp {target} {target}.orig; "
-             f"{{ printf '%s\\n' {json.dumps(code)}; cat {target}.orig; }} > {target}")
+    # After the module's `from __future__` line (nothing may precede it), else at the top.
+    host.ssh(f"test -e {target}.orig || cp {target} {target}.orig; python3 -c "
+             + shlex.quote("import sys; src, dst, code = sys.argv[1:]; lines = open(src).read()"
+                           ".splitlines(True); at = next((i + 1 for i, l in enumerate(lines) "
+                           "if l.startswith('from __future__')), 0); lines.insert(at, code + "
+                           "'\\n'); open(dst, 'w').write(''.join(lines))")
+             + f" {target}.orig {target} {shlex.quote(code)}")
 
 
 def repair(fleet: Fleet, host: Any) -> None:
