@@ -159,8 +159,13 @@ def test_a_release_that_cannot_start_is_rolled_back(lab: Any, inventory: Path, r
     key = read_key(first.name, "smollm2")
     code, models = _curl(first, "/v1/models", key)
     assert code == 200 and [m["id"] for m in models["data"]] == ["smollm2-135m-instruct"]
-    failed_release = report["instances"][0]["release"]
-    assert first.ssh(f"cat /opt/vllama/instances/smollm2/releases/{failed_release}/FAILED"
-                     ).stdout.strip()
+    # The report shows what runs now (the good release) and names the release that failed.
+    assert report["instances"][0]["release"] == good
+    marked = first.ssh("ls /opt/vllama/instances/smollm2/releases/*/FAILED").stdout.split()
+    assert len(marked) == 1
+    failed_release = marked[0].split("/")[-2]
+    assert failed_release != good
+    assert f"the failed release was {failed_release}" in report["error"], report["error"]
+    assert first.ssh(f"cat {marked[0]}").stdout.strip()
     assert result.host(second.name)["status"] == "ok"
     assert _main_pid(second) == other_pid, "the other host was disturbed"
