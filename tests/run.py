@@ -71,7 +71,7 @@ def run_tier(name: str, logs: Path) -> TierResult:
     junit = logs / f"{name}.xml"
     junit.unlink(missing_ok=True)
     cmd = [sys.executable, "-m", "pytest", str(folder), f"--junitxml={junit}", "-q", "-rfEs",
-           "--color=no"]
+           "--color=no", "--durations=8", "--durations-min=20"]
     print(f"\n=== tier {name}: pytest tests/{name}", flush=True)
     start = time.monotonic()
     proc = subprocess.run(cmd, cwd=ROOT, check=False)
