@@ -184,7 +184,10 @@ def llamacpp_python_argv(s: EngineSettings) -> list[str]:
         ("--host", s.bind_address), ("--port", s.port),
         ("--n_ctx", o.get("ctx_size")),
         ("--n_gpu_layers", o.get("n_gpu_layers")),
+        # Generation and prompt processing alike (the server's batch default is every core:
+        # more threads than cores spin against each other and crawl).
         ("--n_threads", o.get("threads") or None),
+        ("--n_threads_batch", o.get("threads") or None),
         # A new request must not cancel a stream in progress (the server's default does).
         ("--interrupt_requests", "False"),
     ]

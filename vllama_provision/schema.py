@@ -129,7 +129,8 @@ INSTANCE_OPTIONS: tuple[Option, ...] = (
            maximum=10_000_000),
     Option("n_gpu_layers", "int", "llama.cpp: layers offloaded to the GPU (-1: all).",
            default=-1, minimum=-1, maximum=100_000),
-    Option("threads", "int", "llama.cpp: CPU threads. 0: one per core.", default=0, minimum=0,
+    Option("threads", "int", "llama.cpp: CPU threads, for generation and prompt processing "
+           "alike. 0: the engine default.", default=0, minimum=0,
            maximum=1024),
     Option("extra_args", "list", "Extra engine flags, one word per item, appended last.",
            default=[], elements="str"),

@@ -387,6 +387,17 @@ def test_llama_cpp_python_does_not_interrupt_requests() -> None:
     assert _flag(inst.argv, "--interrupt_requests") == "False"
 
 
+def test_threads_bound_generation_and_prompt_processing_alike() -> None:
+    spec = host([{"name": "s", "model": "/srv/m.gguf", "engine": "llamacpp", "threads": 3}],
+                "linux-cpu")
+    (inst,) = plan_host(spec).instances
+    # llama-cpp-python's batch threads default to every core, whatever --n_threads says.
+    assert (_flag(inst.argv, "--n_threads"), _flag(inst.argv, "--n_threads_batch")) == ("3", "3")
+    (default,) = plan_host(host([{"name": "s", "model": "/srv/m.gguf", "engine": "llamacpp"}],
+                                "linux-cpu")).instances
+    assert "--n_threads" not in default.argv and "--n_threads_batch" not in default.argv
+
+
 @pytest.mark.parametrize(("platform", "engine", "deploy", "server", "path", "auth"), [
     ("linux-cpu", "llamacpp", "native", "llama-cpp-python", "/v1/models", True),
     ("linux-nvidia", "vllm", "native", "vllm", "/health", False),
