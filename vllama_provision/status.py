@@ -2,7 +2,9 @@
 
 Per host and instance: the current and previous release, the engine and version of the current
 release, failed releases, a switch a killed run left unfinished, the service state, the
-endpoint's health right now, and the host lock.
+endpoint's health right now, and the host lock. Per NVIDIA host: the GPU health (NVML
+initialises, driver and library versions agree, a module for the running kernel); an unhealthy
+GPU makes the host unhealthy.
 """
 
 from __future__ import annotations
@@ -10,30 +12,44 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from vllama_provision import gpu_health
+from vllama_provision.report import Report
 from vllama_provision.runner import Progress, RunRequest, run_playbook
 
 
 def gather(inventory: Path, hosts: list[str]) -> dict[str, Any]:
-    seen: dict[str, dict[str, Any]] = {}
+    releases: dict[str, dict[str, Any]] = {}
+    health: dict[str, gpu_health.GpuHealth] = {}
 
     def on_event(event: dict[str, Any]) -> None:
         data = event.get("event_data") or {}
         res = data.get("res") or {}
-        if (event.get("event") == "runner_on_ok"
-                and str(data.get("task_action", "")).endswith("vllama_release")):
-            seen[data["host"]] = res
+        if event.get("event") != "runner_on_ok":
+            return
+        action = str(data.get("task_action", ""))
+        if action.endswith("vllama_release"):
+            releases[data["host"]] = res
+        elif action.endswith("vllama_gpu_health") and gpu_health.from_result(res):
+            health[data["host"]] = gpu_health.from_result(res)  # type: ignore[assignment]
 
     result = run_playbook(RunRequest(playbook="status.yml", inventory=inventory,
                                      command="status", limit=",".join(hosts)),
                           progress=Progress(enabled=False), on_event=on_event)
+    return shape(hosts, releases, health, result.report)
+
+
+def shape(hosts: list[str], releases: dict[str, dict[str, Any]],
+          health: dict[str, gpu_health.GpuHealth], report: Report) -> dict[str, Any]:
+    """The status document from what the hosts answered (their ``vllama_release`` inspect
+    results and GPU health), in the order of ``hosts``."""
     out: dict[str, Any] = {}
     for host in hosts:
-        entry = result.report.hosts.get(host)
-        res = seen.get(host)
+        entry = report.hosts.get(host)
+        res = releases.get(host)
         if res is None:
             out[host] = {"reachable": False, "healthy": False,
                          "error": (entry.error if entry else None) or "no answer",
-                         "instances": {}, "lock": None, "history": []}
+                         "instances": {}, "lock": None, "history": [], "gpu_health": None}
             continue
         instances = {}
         for name, inst in sorted((res.get("instances") or {}).items()):
@@ -51,11 +67,13 @@ def gather(inventory: Path, hosts: list[str]) -> dict[str, Any]:
                 "service": inst["active"],
                 "endpoint": inst.get("endpoint") or {},
             }
-        healthy = bool(instances) and all(i["endpoint"].get("healthy") and not
-                                          i["unfinished_switch"] for i in instances.values())
+        gpu = health.get(host)
+        healthy = (bool(instances) and not gpu_health.problems(gpu)
+                   and all(i["endpoint"].get("healthy") and not i["unfinished_switch"]
+                           for i in instances.values()))
         out[host] = {"reachable": True, "healthy": healthy, "error": None,
                      "instances": instances, "lock": res.get("lock"),
-                     "history": res.get("history") or []}
+                     "history": res.get("history") or [], "gpu_health": gpu}
     return {"hosts": out,
             "summary": {"hosts": len(out), "healthy": all(h["healthy"] for h in out.values()),
                         "unhealthy": sorted(h for h, d in out.items() if not d["healthy"])}}
@@ -87,6 +105,9 @@ def render(data: dict[str, Any]) -> str:
                              "(it runs an older release than `current`)")
         if not entry["instances"]:
             rows.append((host, "-", "-", "-", "-", "-", "no instances deployed"))
+        gpu = entry.get("gpu_health")
+        if gpu and gpu["applicable"]:
+            notes.append(f"{host}: {gpu_health.summary(gpu)}")
         lock = entry.get("lock")
         if lock:
             notes.append(f"{host}: locked by run {lock.get('run_id', '?')} "

@@ -34,3 +34,31 @@ def test_problems_only_for_failed_checks_of_gpu_hosts():
     assert gpu_health.problems(HEALTHY) == []
     assert gpu_health.problems({**MISMATCH, "applicable": False}) == []
     assert len(gpu_health.problems(MISMATCH)) == 2
+
+
+def _inspected(healthy_endpoint: bool = True) -> dict:
+    release = {"id": "r1", "engine": "vllm", "engine_version": "0.32.0", "served_name": "q"}
+    return {"instances": {"q": {"current": "r1", "previous": None, "releases": [release],
+                                "active": "active", "pending": None,
+                                "endpoint": {"healthy": healthy_endpoint}}},
+            "lock": None, "history": []}
+
+
+def test_status_makes_a_host_with_unhealthy_gpus_unhealthy():
+    from vllama_provision.report import Report
+    from vllama_provision.status import render, shape
+
+    hosts = ["gpu-ok", "gpu-mismatch", "cpu"]
+    data = shape(hosts, {h: _inspected() for h in hosts},
+                 {"gpu-ok": HEALTHY, "gpu-mismatch": MISMATCH,
+                  "cpu": {**HEALTHY, "applicable": False, "gpu_count": 0}}, Report("status"))
+    assert [data["hosts"][h]["healthy"] for h in hosts] == [True, False, True]
+    assert data["summary"]["unhealthy"] == ["gpu-mismatch"]
+    assert data["hosts"]["gpu-mismatch"]["gpu_health"]["nvml"] == "mismatch"
+    text = render(data)
+    assert "gpu-mismatch: GPUs UNHEALTHY: nvml: NVML does not initialise" in text
+    assert "gpu-ok: GPUs healthy: 2 GPU(s)" in text
+    assert "cpu: " not in text  # no GPU line for a host without NVIDIA GPUs
+    # A down endpoint still makes a healthy-GPU host unhealthy.
+    down = shape(["gpu-ok"], {"gpu-ok": _inspected(False)}, {"gpu-ok": HEALTHY}, Report("s"))
+    assert down["summary"]["unhealthy"] == ["gpu-ok"]
