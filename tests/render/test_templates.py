@@ -498,7 +498,8 @@ def exec_start_post_code(unit: str) -> str:
 
 
 class _Engine:
-    """A fake engine: 503 for the first requests, then 200 with a model list."""
+    """A fake engine: 503 for the first requests, then 200 with a model list; ``/health``
+    answers 200 with an EMPTY body, as vLLM's does."""
 
     def __init__(self, served: str, key: str, failures: int) -> None:
         import http.server
@@ -512,7 +513,8 @@ class _Engine:
                 state["auth"].append(self.headers.get("Authorization"))
                 ok = state["calls"] > failures and (
                     not key or self.headers.get("Authorization") == f"Bearer {key}")
-                body = json.dumps({"object": "list", "data": [{"id": served}]}).encode()
+                body = (b"" if self.path == "/health" else
+                        json.dumps({"object": "list", "data": [{"id": served}]}).encode())
                 self.send_response(200 if ok else 503)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
