@@ -171,12 +171,26 @@ def mirror_packages(kernel: str) -> list[Package]:
         # stub carrying the kernel's vermagic, as a real build would install it.
         mkdir -p {LOG_DIR}
         echo "dkms $*" >> {LOG_DIR}/dkms.log
-        kernel=$(uname -r); version=""
+        kernel=$(uname -r); version=""; action=$1
         while [ $# -gt 0 ]; do
             case "$1" in -k) kernel=$2; shift;; -v) version=$2; shift;; esac; shift
         done
+        if [ "$action" = autoinstall ]; then
+            # Build every module source present (the headers' header_postinst.d hook does this).
+            for conf in /usr/src/nvidia-*/dkms.conf; do
+                [ -e "$conf" ] || continue
+                . "$conf"
+                "$0" build -m nvidia -v "$PACKAGE_VERSION" -k "$kernel"
+            done
+            exit 0
+        fi
         dir=/lib/modules/$kernel/updates/dkms
-        [ -d /lib/modules/$kernel/build ] || {{ echo "dkms: no headers for $kernel" >&2; exit 1; }}
+        if [ ! -d /lib/modules/$kernel/build ]; then
+            # As the real dkms: skipped, not failed; the headers' install builds it later.
+            echo "Module build for kernel $kernel was skipped since the kernel headers for this" \
+                 "kernel do not seem to be installed." >&2
+            exit 0
+        fi
         mkdir -p $dir
         magic="$kernel SMP preempt mod_unload modversions "
         printf 'ELF-stand-in\\0version=%s\\0vermagic=%s\\0name=nvidia\\0' "$version" "$magic" \\
@@ -193,7 +207,9 @@ def mirror_packages(kernel: str) -> list[Package]:
             f"/usr/src/linux-headers-{kernel}/Makefile": ("# headers stand-in\n", 0o644)},
             postinst=f'ln -sfn /usr/src/linux-headers-{kernel} /lib/modules/{kernel}/build '
                      f'2>/dev/null || {{ mkdir -p /lib/modules/{kernel} && ln -sfn '
-                     f'/usr/src/linux-headers-{kernel} /lib/modules/{kernel}/build; }}\n'),
+                     f'/usr/src/linux-headers-{kernel} /lib/modules/{kernel}/build; }}\n'
+                     # dkms's /etc/kernel/header_postinst.d hook: build what waited for them.
+                     f'if [ -x /usr/sbin/dkms ]; then /usr/sbin/dkms autoinstall -k {kernel}; fi\n'),
         Package("dkms", "3.0.10-8", files={"/usr/sbin/dkms": (fake_dkms, 0o755)}),
         Package("initramfs-tools", "0.142", files={
             "/usr/sbin/update-initramfs": (initramfs, 0o755)},

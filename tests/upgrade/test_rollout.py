@@ -300,7 +300,8 @@ def test_a_host_paused_during_its_switch_stops_the_rollout(fleet: Fleet, run_cli
     assert h2_status["instances"][INSTANCE]["unfinished_switch"]["to"] == fleet.current(h2)
     assert h2_status["lock"], "the paused run's lock should still be on host 2"
     assert status.rc == 1 and h2.name in status.report["summary"]["unhealthy"]
-    rerun = run_cli(*upgrade_args(fleet))
+    # The repair is a re-run of the same upgrade (all hosts at once: nothing left to stage).
+    rerun = run_cli(*upgrade_args(fleet, "--batch", "100%"))
     assert rerun.rc == 0, rerun.stderr
     assert all(fleet.version(h) == NEW and serving(h) for h in fleet.hosts)
     assert any("gone" in n for n in rerun.host(h2.name)["notes"])
@@ -320,7 +321,7 @@ def test_a_cli_killed_between_switch_and_verify_converges(fleet: Fleet, run_cli:
     cli.wait()
     assert wait_serving(h1), "host 1 was left without a serving release"
     assert fleet.history(h1)[-1]["event"] == "switched"  # no outcome yet
-    rerun = run_cli(*upgrade_args(fleet))
+    rerun = run_cli(*upgrade_args(fleet, "--batch", "100%"))
     assert rerun.rc == 0, rerun.stderr
     assert all(fleet.version(h) == NEW and serving(h) for h in fleet.hosts)
     assert fleet.history(h1)[-1]["event"] == "verified"
