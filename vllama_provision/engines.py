@@ -130,16 +130,18 @@ def remove_after_install(server: str, backend: str) -> list[str]:
 
 
 def cmake_args_for(backend: str, machine: str = "x86_64", cuda_architectures: str = "") -> str:
-    """CMAKE_ARGS for a llama-cpp-python build. x86 CPU builds are portable (GGML_NATIVE=OFF):
-    the native build compiles AMX kernels that segfault on the first request on AMX CPUs. CUDA
-    builds cover ``cuda_architectures`` ("80;89", from the fleet's facts through
-    vllama_provision.nvidia.cuda_architectures) when given."""
+    """CMAKE_ARGS for a llama-cpp-python build. x86 builds are portable (GGML_NATIVE=OFF): the
+    native build compiles AMX kernels that segfault on the first request on AMX CPUs, and a
+    wheel built on one host is installed on others. CUDA builds cover ``cuda_architectures``
+    ("80;89", from facts through vllama_provision.nvidia.cuda_architectures) when given, else
+    llama.cpp's default list (never the build host's GPU alone)."""
+    portable = " -DGGML_NATIVE=OFF" if machine in ("x86_64", "amd64") else ""
     if backend == "cuda":
         archs = f" -DCMAKE_CUDA_ARCHITECTURES={cuda_architectures}" if cuda_architectures else ""
-        return "-DGGML_CUDA=on" + archs
+        return "-DGGML_CUDA=on" + portable + archs
     if backend == "metal":
         return "-DGGML_METAL=on"
-    return "-DGGML_NATIVE=OFF" if machine in ("x86_64", "amd64") else ""
+    return portable.strip()
 
 
 def readiness_for(server: str) -> Readiness:

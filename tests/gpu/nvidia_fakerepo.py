@@ -209,7 +209,7 @@ def mirror_packages(kernel: str) -> list[Package]:
                      f'2>/dev/null || {{ mkdir -p /lib/modules/{kernel} && ln -sfn '
                      f'/usr/src/linux-headers-{kernel} /lib/modules/{kernel}/build; }}\n'
                      # dkms's /etc/kernel/header_postinst.d hook: build what waited for them.
-                     f'if [ -x /usr/sbin/dkms ]; then /usr/sbin/dkms autoinstall -k {kernel}; fi\n'),
+                     f'if [ -x /usr/sbin/dkms ]; then dkms autoinstall -k {kernel}; fi\n'),
         Package("dkms", "3.0.10-8", files={"/usr/sbin/dkms": (fake_dkms, 0o755)}),
         Package("initramfs-tools", "0.142", files={
             "/usr/sbin/update-initramfs": (initramfs, 0o755)},

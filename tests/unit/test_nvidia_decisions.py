@@ -130,5 +130,24 @@ def test_cuda_build_flags_cover_the_fleet():
 
     fleet = [load("rtx4090.json"), load("a100-80gb.json")]
     assert cmake_args_for("cuda", cuda_architectures=nvidia.cuda_architectures(fleet)) == \
-        "-DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES=80;89"
-    assert cmake_args_for("cuda") == "-DGGML_CUDA=on"
+        "-DGGML_CUDA=on -DGGML_NATIVE=OFF -DCMAKE_CUDA_ARCHITECTURES=80;89"
+    # Unknown GPUs: llama.cpp's default architecture list, never the build host's GPU alone.
+    assert cmake_args_for("cuda") == "-DGGML_CUDA=on -DGGML_NATIVE=OFF"
+    assert cmake_args_for("cuda", "aarch64", "90") == "-DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES=90"
+
+
+def test_cuda_wheel_keys_differ_by_gpu_architecture():
+    from vllama_provision.wheelhouse import key_for
+
+    def key(*facts):
+        archs = nvidia.cuda_architectures([load(f) for f in facts])
+        found = key_for("llama-cpp-python", "0.3.36", "cuda", "x86_64", "3.11.2", "glibc2.36",
+                        archs)
+        assert found is not None
+        return found.name
+
+    # Hosts with the same GPU generation share a wheel; an Ampere host never gets an Ada build.
+    assert key("rtx4090.json") == key("2x-l40s.json")  # both sm_89
+    assert key("rtx4090.json") != key("a100-80gb.json")
+    cpu = key_for("llama-cpp-python", "0.3.36", "cpu", "x86_64", "3.11.2", "glibc2.36", "89")
+    assert cpu is not None and cpu.cmake_args == "-DGGML_NATIVE=OFF"

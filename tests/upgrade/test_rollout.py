@@ -177,6 +177,7 @@ def known_runs() -> set[Path]:
 def test_a_good_upgrade_switches_one_host_at_a_time(fleet: Fleet, run_cli: Any) -> None:
     """Leaves: every host on NEW."""
     before = {h.name: fleet.current(h) for h in fleet.hosts}
+    calls_before = {h.name: len(fleet.hook_calls(h)) for h in fleet.hosts}
     known = known_runs()
     with Poller(fleet) as poller:
         time.sleep(1)
@@ -205,6 +206,14 @@ def test_a_good_upgrade_switches_one_host_at_a_time(fleet: Fleet, run_cli: Any) 
         outside = [t for t in poller.failures(host.name) if not start - 0.5 <= t <= end + 0.5]
         assert not outside, f"{host.name} dropped outside its own switch {windows}: {outside}"
     assert "--write-inventory" in result.stderr  # the inventory edit is printed
+    # The hooks ran once each around every host's own switch (on the host, or on the controller
+    # for the last host), told the host, the instance and the new release.
+    for host in fleet.hosts:
+        calls = fleet.hook_calls(host)[calls_before[host.name]:]
+        assert [c[:4] for c in calls] == [
+            [when, host.name, INSTANCE, fleet.current(host)] for when in ("pre", "post")], calls
+        start, end = windows[host.name]
+        assert float(calls[0][4]) <= start and float(calls[1][4]) >= end, (calls, start, end)
 
 
 def test_rollback_and_roll_forward(fleet: Fleet, run_cli: Any) -> None:
@@ -246,6 +255,8 @@ def test_a_new_release_that_cannot_start_is_rolled_back(fleet: Fleet, run_cli: A
     assert [r["event"] for r in fleet.history(h2)[-3:]] == ["switched", "failed", "rolled_back"]
     marked = h2.ssh("ls /opt/vllama/instances/smollm2/releases/*/FAILED").stdout.split()
     assert len(marked) == 1
+    # The host was taken out before its switch and, having failed, never put back by the hook.
+    assert fleet.hook_calls(h2)[-1][:2] == ["pre", h2.name]
 
 
 def test_apply_refuses_a_downgrade_unless_allowed(fleet: Fleet, run_cli: Any) -> None:
@@ -257,8 +268,11 @@ def test_apply_refuses_a_downgrade_unless_allowed(fleet: Fleet, run_cli: Any) ->
     assert entry["status"] == "refused"
     assert NEW in entry["error"] and OLD in entry["error"] and "--allow-downgrade" in entry["error"]
     assert fleet.version(h1) == NEW and serving(h1)
-    allowed = run_cli("apply", str(fleet.inventory), "--limit", h1.name, "--allow-downgrade")
+    # Allowed, through apply's batch path (the rollout procedure: preflight, prepare, switch).
+    allowed = run_cli("apply", str(fleet.inventory), "--limit", h1.name, "--allow-downgrade",
+                      "--batch", "1")
     assert allowed.rc == 0, allowed.stderr
+    assert "batch 1/1" in allowed.stderr and "preflight on 1 host(s)" in allowed.stderr
     assert fleet.version(h1) == OLD and serving(h1)
 
 

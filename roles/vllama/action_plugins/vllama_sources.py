@@ -11,7 +11,7 @@ import dataclasses
 
 from ansible.plugins.action import ActionBase
 
-from vllama_provision import wheelhouse
+from vllama_provision import nvidia, wheelhouse
 from vllama_provision.errors import VllamaError
 from vllama_provision.inventory import to_plain
 from vllama_provision.models import resolve_source
@@ -38,7 +38,9 @@ class ActionModule(ActionBase):
                 key = wheelhouse.key_for(inst["server"], inst["engine_version"],
                                          inst["backend"], platform.get("machine", "x86_64"),
                                          platform.get("python", "3"),
-                                         platform.get("libc", "unknown"))
+                                         platform.get("libc", "unknown"),
+                                         nvidia.cuda_architectures([facts])
+                                         if inst["backend"] == "cuda" else "")
                 wheel = {"key": "", "dir": "", "wheels": [], "complete": False}
                 if key is not None:
                     found = wheelhouse.wheels(key)
