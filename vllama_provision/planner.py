@@ -286,7 +286,8 @@ def _plan_instance(host: HostSpec, plan: HostPlan, platform: str, inst: dict[str
     connect_host = host.ansible_host if bind in ("0.0.0.0", "::") else bind
     options = _resolve_options(engine, backend, inst, facts)
     gpus = [str(g) for g in inst.get("gpus") or []]
-    cache_dir = f"{plan.state_root}/cache/{name}"
+    # Engine caches (compiled kernels, HF metadata) can grow to gigabytes: on the model volume.
+    cache_dir = f"{plan.models_root}/.cache/{name}"
     container_model_root = "/models"
 
     paths = {

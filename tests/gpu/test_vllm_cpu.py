@@ -112,7 +112,8 @@ def test_the_engine_is_vllms_openai_server_under_systemd(lab: Any) -> None:
         f"tr '\\0' '\\n' < /proc/{pid}/environ").stdout.split("\n") if "=" in line)
     assert env["HF_HUB_OFFLINE"] == "1" and env["VLLM_NO_USAGE_STATS"] == "1"
     assert env["VLLM_CPU_KVCACHE_SPACE"] == "1"
-    assert env["VLLM_CACHE_ROOT"] == "/var/lib/vllama/cache/smolvllm/vllm"
+    # Caches on the model volume (the default models root), not on the system disk.
+    assert env["VLLM_CACHE_ROOT"] == "/tank/ai/models/.cache/smolvllm/vllm"
     user = host.ssh(f"ps -o user= -p {pid}").stdout.strip()
     assert user == "vllama"
     # The installed distribution is vLLM's CPU build; the CUDA-only extras were removed.
