@@ -29,8 +29,10 @@ def gather(inventory: Path, hosts: list[str]) -> dict[str, Any]:
         action = str(data.get("task_action", ""))
         if action.endswith("vllama_release"):
             releases[data["host"]] = res
-        elif action.endswith("vllama_gpu_health") and gpu_health.from_result(res):
-            health[data["host"]] = gpu_health.from_result(res)  # type: ignore[assignment]
+        elif action.endswith("vllama_gpu_health"):
+            found = gpu_health.from_result(res)
+            if found is not None:
+                health[data["host"]] = found
 
     result = run_playbook(RunRequest(playbook="status.yml", inventory=inventory,
                                      command="status", limit=",".join(hosts)),
