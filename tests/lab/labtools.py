@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from vllama_provision import paths
 from vllama_provision.lab import cgroups
 from vllama_provision.lab.state import lab_dir
 
@@ -56,4 +57,6 @@ def leftovers(lab: str) -> dict[str, list[str]]:
     groups = [str(p) for p in cgroups.existing(lab)]
     folders = [folder] if Path(folder).exists() else []
     folders += [str(p) for p in Path("/run/systemd/nspawn/propagate").glob(f"{lab}-*")]
+    # The controller's API key copies of the lab's hosts (named <lab>-N).
+    folders += [str(p) for p in (paths.state_dir() / "keys").glob(f"{lab}-*")]
     return {"processes": procs, "mounts": mounts, "cgroups": groups, "folders": folders}

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from vllama_provision import paths
 from vllama_provision.errors import LabError, UsageError
 from vllama_provision.lab import addresses, cgroups, golden, host, inventory, snapshots, ssh
 from vllama_provision.lab.state import (
@@ -178,8 +180,11 @@ def _stop_hosts(lab: str, names: list[str]) -> None:
 
 
 def _remove_hosts(lab: str, names: list[str]) -> None:
-    """Stop and remove ``names`` and drop them from the lab; remove the lab when it is empty."""
+    """Stop and remove ``names`` and drop them from the lab; remove the lab when it is empty.
+    The controller's copies of their API keys go too (the host and its keys are gone)."""
     _stop_hosts(lab, names)
+    for name in names:
+        shutil.rmtree(paths.state_dir() / "keys" / name, ignore_errors=True)
     with file_lock(labs_lock()):
         state = load_or_none(lab)
         if state is not None:
