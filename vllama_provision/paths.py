@@ -61,3 +61,10 @@ def state_dir() -> Path:
     if _is_root():
         return Path("/var/lib/vllama-provision")
     return Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local/state")) / "vllama-provision"
+
+
+def keys_dir() -> Path:
+    """The controller's private API key copies, one folder per host (``<host>/<instance>.key``),
+    written by the role and read by `verify`, `key show` and the tests; `lab down` removes a
+    lab host's folder."""
+    return state_dir() / "keys"

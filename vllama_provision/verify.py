@@ -26,7 +26,7 @@ class ControllerCheck:
 
 
 def key_path(host: str, instance: str) -> Path:
-    return paths.state_dir() / "keys" / host / f"{instance}.key"
+    return paths.keys_dir() / host / f"{instance}.key"
 
 
 def read_key(host: str, instance: str) -> str | None:

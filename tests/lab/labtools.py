@@ -58,5 +58,5 @@ def leftovers(lab: str) -> dict[str, list[str]]:
     folders = [folder] if Path(folder).exists() else []
     folders += [str(p) for p in Path("/run/systemd/nspawn/propagate").glob(f"{lab}-*")]
     # The controller's API key copies of the lab's hosts (named <lab>-N).
-    folders += [str(p) for p in (paths.state_dir() / "keys").glob(f"{lab}-*")]
+    folders += [str(p) for p in paths.keys_dir().glob(f"{lab}-*")]
     return {"processes": procs, "mounts": mounts, "cgroups": groups, "folders": folders}

@@ -184,7 +184,7 @@ def _remove_hosts(lab: str, names: list[str]) -> None:
     The controller's copies of their API keys go too (the host and its keys are gone)."""
     _stop_hosts(lab, names)
     for name in names:
-        shutil.rmtree(paths.state_dir() / "keys" / name, ignore_errors=True)
+        shutil.rmtree(paths.keys_dir() / name, ignore_errors=True)
     with file_lock(labs_lock()):
         state = load_or_none(lab)
         if state is not None:
