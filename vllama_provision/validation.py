@@ -238,7 +238,10 @@ def effective_port(inst: Mapping[str, Any], platform: str | None) -> int | None:
 
 def _check_shared_gpus(instances: list[Mapping[str, Any]], platform: str | None,
                        where: dict[str, str]) -> list[Problem]:
-    """The gpu_memory_utilization of vLLM instances sharing a GPU must add up to 1 at most."""
+    """The gpu_memory_utilization of vLLM instances sharing a GPU must add up to 1 at most
+    (on GPU hosts: vLLM's CPU build sizes its KV cache with cpu_kvcache_gib instead)."""
+    if platform not in (None, "linux-nvidia"):
+        return []
     per_gpu: dict[str, list[tuple[str, float]]] = defaultdict(list)
     for inst in instances:
         if resolve_engine(inst.get("engine", "auto"), platform) != "vllm":

@@ -413,3 +413,13 @@ def test_readiness_probe_per_server(platform, engine, deploy, server, path, auth
     assert inst.readiness["auth"] is auth
     # llama-cpp-python has no /health: ready = its authenticated /v1/models lists the name.
     assert inst.readiness["lists_served_name"] is (server == "llama-cpp-python")
+
+
+def test_gpu_memory_shares_are_checked_only_where_there_are_gpus() -> None:
+    """Two vLLM instances at the default 0.9 on one GPU are refused; on a CPU host (vLLM's CPU
+    build sizes its KV cache with cpu_kvcache_gib) the same pair is fine."""
+    pair = [{"name": "a", "model": QWEN7, "engine": "vllm", "port": 8000},
+            {"name": "b", "model": QWEN7, "engine": "vllm", "port": 8001}]
+    gpu = validate_host("g", {"vllama_platform": "linux-nvidia", "vllama_instances": pair})
+    assert [p.variable for p in gpu] == ["gpu_memory_utilization"]
+    assert validate_host("c", {"vllama_platform": "linux-cpu", "vllama_instances": pair}) == []
