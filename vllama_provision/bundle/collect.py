@@ -36,7 +36,7 @@ from vllama_provision.bundle.targets import Target, target_for
 from vllama_provision.errors import BundleError, BundleSignatureError, UsageError, VllamaError
 from vllama_provision.inventory import HostSpec, load_inventory
 from vllama_provision.modelref import parse_model
-from vllama_provision.models import fetch_pypi
+from vllama_provision.models import fetch_pypi, tree_digest, tree_files
 from vllama_provision.planner import EngineOverride, HostPlan, plan_host
 
 
@@ -223,11 +223,13 @@ class _Builder:
     def model(self, raw: str, model_file: str, pinned: str, hosts: list[str],
               hf_endpoint: str) -> None:
         key = model_key(raw, model_file)
-        recipe = {"model": raw, "model_file": model_file, "model_sha256": pinned}
+        recipe: dict[str, Any] = {"model": raw, "model_file": model_file, "model_sha256": pinned}
         ref = parse_model(raw)
-        if ref.kind == "path":  # a controller file may change under the same name
-            local = Path(ref.path) / model_file if model_file else Path(ref.path)
-            recipe["content"] = sha256_file(local) if local.is_file() else ""
+        local = Path(ref.path) / model_file if ref.kind == "path" and model_file else None
+        if ref.kind == "path":  # a controller file or folder may change under the same name
+            local = local or Path(ref.path)
+            recipe["content"] = (sha256_file(local) if local.is_file() else
+                                 tree_digest(tree_files(local)) if local.is_dir() else "")
         entry = self._reusable("models", key, recipe)
         if entry is not None:
             self._keep(entry)
@@ -236,40 +238,65 @@ class _Builder:
             return
         try:
             if ref.kind == "pypi":
-                local, digest = fetch_pypi(ref)
-                source, commit = local, ""
+                source, digest = fetch_pypi(ref)
+                self._model_file(key, recipe, ref.kind, source, digest, "", pinned, hosts)
+            elif ref.kind == "path" and local is not None and local.is_file():
+                self._model_file(key, recipe, ref.kind, local, recipe["content"], "", pinned,
+                                 hosts)
+            elif ref.kind == "path" and local is not None and local.is_dir():
+                folder = f"models/{recipe['content']}/{local.name}"
+                self._model_folder(key, recipe, ref.kind, local, tree_files(local), folder,
+                                   local.name, "", pinned, hosts)
             elif ref.kind == "path":
-                local = Path(ref.path) / model_file if model_file else Path(ref.path)
-                if not local.is_file():
-                    detail = (f"{local} is not a file on this controller: the host must have it"
-                              if not local.exists() else
-                              f"{local} is a folder: name the file with model_file")
-                    self._item(Item("model", key, "on host", hosts, detail), [])
-                    return
-                source, digest, commit = local, recipe["content"], ""
-            else:
+                self._item(Item("model", key, "on host", hosts,
+                                f"{local} is not on this controller: the host must have it"), [])
+            elif model_file:
                 source, digest, commit = self._hf(ref, model_file, pinned, hf_endpoint)
+                self._model_file(key, recipe, ref.kind, source, digest, commit, pinned, hosts)
+            else:
+                source, files, commit = self._hf_snapshot(ref, hf_endpoint)
+                self._model_folder(key, recipe, ref.kind, source, files,
+                                   f"models/hf/{ref.slug}/{commit}", "", commit, pinned, hosts)
         except (VllamaError, _HfUnavailable) as exc:
             self.manifest.not_collected.append({"what": f"model {key}", "why": str(exc),
                                                 "hosts": ", ".join(hosts)})
             self._item(Item("model", key, "not collected", hosts, str(exc)), [])
-            return
+
+    def _model_file(self, key: str, recipe: dict[str, Any], kind: str, source: Path,
+                    digest: str, commit: str, pinned: str, hosts: list[str]) -> None:
         if pinned and pinned != digest:
-            raise BundleError(f"{raw}: model_sha256 {pinned} does not match the file "
-                              f"({digest})")
+            raise BundleError(f"{recipe['model']}: model_sha256 {pinned} does not match the "
+                              f"file ({digest})")
         rel = f"models/{digest}/{source.name}"
         self._want(rel, source, digest)
-        self.manifest.models[key] = {"recipe": recipe, "kind": ref.kind, "path": rel,
+        self.manifest.models[key] = {"recipe": recipe, "kind": kind, "path": rel,
                                      "file_name": source.name, "sha256": digest,
                                      "size": source.stat().st_size, "commit": commit,
                                      "files": [rel]}
         self._item(Item("model", key, "fetched", hosts), [rel])
 
+    def _model_folder(self, key: str, recipe: dict[str, Any], kind: str, source: Path,
+                      files: list[dict[str, Any]], folder: str, file_name: str, commit: str,
+                      pinned: str, hosts: list[str]) -> None:
+        """A model folder (a controller folder, a Hugging Face snapshot): every file in the
+        manifest with its own hash; the entry's sha256 is the folder's tree digest."""
+        digest = tree_digest(files)
+        if pinned and pinned != digest:
+            raise BundleError(f"{recipe['model']}: model_sha256 {pinned} does not match the "
+                              f"folder (its tree digest is {digest})")
+        rels = []
+        for entry in files:
+            rel = f"{folder}/{entry['path']}"
+            self._want(rel, source / entry["path"], entry["sha256"])
+            rels.append(rel)
+        self.manifest.models[key] = {"recipe": recipe, "kind": kind, "path": folder,
+                                     "folder": True, "file_name": file_name, "sha256": digest,
+                                     "size": sum(int(f["size"]) for f in files),
+                                     "commit": commit, "files": sorted(rels)}
+        self._item(Item("model", key, "fetched", hosts,
+                        f"{len(files)} files" + (f" at {commit[:12]}" if commit else "")), rels)
+
     def _hf(self, ref: Any, model_file: str, pinned: str, endpoint: str) -> tuple[Path, str, str]:
-        if not model_file:
-            raise _HfUnavailable("full Hugging Face snapshots are not bundled yet: name the file "
-                                 "to serve with model_file, or download the snapshot and serve "
-                                 "it from an absolute path")
         hub = _hf_module()
         try:
             commit, _files = hub.list_files(endpoint.rstrip("/"), ref.repo,
@@ -281,6 +308,25 @@ class _Builder:
             raise _HfUnavailable(f"the Hub is not reachable from here or refused: {exc}") from None
         local = dest / chosen[0]["path"]
         return local, sha256_file(local), commit
+
+    def _hf_snapshot(self, ref: Any, endpoint: str) -> tuple[Path, list[dict[str, Any]], str]:
+        """A whole Hugging Face snapshot at the revision's commit (the files an engine loads:
+        configs, tokenizer, safetensors), each checked against the Hub's hash as it arrives."""
+        hub = _hf_module()
+        try:
+            commit, _files = hub.list_files(endpoint.rstrip("/"), ref.repo,
+                                            ref.revision or "main", "")
+            dest = paths.cache_dir() / "bundle" / "hf" / ref.slug / commit
+            _changed, commit, chosen = hub.download(endpoint, ref.repo, commit, str(dest), [],
+                                                    "", "")
+        except hub.DownloadError as exc:
+            raise _HfUnavailable(f"the Hub is not reachable from here or refused: {exc}") from None
+        if not chosen:
+            raise _HfUnavailable(f"{ref.repo}@{commit} has no model files (configs, tokenizer, "
+                                 "safetensors)")
+        files = [{"path": c["path"], "sha256": sha256_file(dest / c["path"]),
+                  "size": (dest / c["path"]).stat().st_size} for c in chosen]
+        return dest, sorted(files, key=lambda f: f["path"]), commit
 
     # -- images -------------------------------------------------------------------------------
     def image(self, image: str, hosts: list[str]) -> None:

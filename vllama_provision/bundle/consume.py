@@ -55,9 +55,20 @@ def _model(inst: dict[str, Any], plan: dict[str, Any], bundle_dir: Path,
         raise BundleError(f"the bundle has no model {model_key(raw, model_file)}; bundle this "
                           "inventory again")
     ref = parse_model(raw)
+    files: list[dict[str, Any]] = []
+    if entry.get("folder"):  # a model folder or a Hugging Face snapshot, checked file by file
+        prefix = f"{entry['path']}/"
+        unlisted = [rel for rel in entry["files"] if rel not in manifest.files]
+        if unlisted:
+            raise BundleError(f"bundle file {unlisted[0]} is not in the manifest")
+        files = [{"path": rel[len(prefix):], **manifest.files[rel]} for rel in entry["files"]]
+    # A snapshot is stored under its commit (what a pinned download on the host would use);
+    # everything else under its sha256 (a folder's tree digest).
+    content_key = entry["commit"] if entry.get("folder") and ref.kind == "hf" else ""
     source = _placed("copy", ref, entry["file_name"], entry["sha256"], entry["size"],
-                     plan["models_root"], local_path=str(bundle_dir / entry["path"]), **zfs)
-    return source, [entry["path"]]
+                     plan["models_root"], local_path=str(bundle_dir / entry["path"]),
+                     files=files, content_key=content_key, **zfs)
+    return source, list(entry["files"])
 
 
 def sources_for_host(plan: dict[str, Any], platform: dict[str, Any],

@@ -6,7 +6,8 @@ bundle is trusted unless the manifest lists it with a matching hash. Layout of a
     manifest.json  manifest.json.sig  signing-key.pub (a copy for reference, never trusted)
     wheels/<set>/*.whl + requirements.txt    engine wheels and dependencies, pinned with hashes
     apt/<os>-<arch>/*.deb Packages Release InRelease keyring.gpg    a signed flat repository
-    models/<sha256>/<file>  models/hf/<slug>/<commit>/...             model files
+    models/<sha256>/<file>  models/<tree digest>/<folder>/...  models/hf/<slug>/<commit>/...
+                                                                       model files and folders
     images/<name>.tar                                                  ``docker save`` archives
 """
 

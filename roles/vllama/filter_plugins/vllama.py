@@ -28,6 +28,30 @@ def vllama_missing_wheels(play_hosts, hostvars, builder="host"):
     return list(missing.values())
 
 
+def vllama_model_copies(sources, missing, what="files"):
+    """The copies that bring the ``missing`` models (instance names) to the host, under their
+    temporary names: ``files`` gives one {src, dest} per file (a folder's listed files one by
+    one, so nothing else in the controller's folder travels), ``dirs`` the folders to create
+    first. A temporary name is ``<store_dir>/.partial-<file or folder name>``."""
+    copies, dirs = [], []
+    for name in sorted(missing):
+        model = sources[name]["model"]
+        partial = f"{model['store_dir']}/.partial-{model['file_name'] or 'snapshot'}"
+        if not model.get("files"):
+            copies.append({"src": model["local_path"], "dest": partial, "name": name})
+            continue
+        dirs.append(partial)
+        for entry in model["files"]:
+            rel = entry["path"]
+            copies.append({"src": f"{model['local_path']}/{rel}", "dest": f"{partial}/{rel}",
+                           "name": name})
+            parts = rel.split("/")[:-1]
+            dirs += [f"{partial}/{'/'.join(parts[:i])}" for i in range(1, len(parts) + 1)]
+    if what == "dirs":
+        return list(dict.fromkeys(dirs))
+    return copies
+
+
 def vllama_instance_path(pair):
     """(instance, path key) -> (instance name, that path), for loops over instance folders."""
     instance, key = pair
@@ -188,4 +212,5 @@ class FilterModule:
                 "vllama_restarts": vllama_restarts,
                 "vllama_changed_units": vllama_changed_units,
                 "vllama_outdated_engines": vllama_outdated_engines,
+                "vllama_model_copies": vllama_model_copies,
                 "vllama_instance_path": vllama_instance_path}

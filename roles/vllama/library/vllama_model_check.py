@@ -29,9 +29,22 @@ options:
     type: bool
     default: true
   remove_on_failure:
-    description: Delete the file when it is refused (for copies under a temporary name).
+    description: Delete the file (or folder) when it is refused (for copies under a temporary name).
     type: bool
     default: false
+  files:
+    description:
+      - For a model folder, every file it must hold (C(path) relative to the folder, C(sha256),
+        C(size)); each is checked. Empty for a single file.
+    type: list
+    elements: dict
+    default: []
+  into:
+    description:
+      - Once checked, move the file or folder here (its final place in the store). A folder
+        moved onto an existing folder (a ZFS dataset's mount point) is moved in file by file.
+    type: path
+    default: ""
 author: vllama-provision
 """
 
@@ -56,6 +69,7 @@ gguf:
 
 import hashlib
 import os
+import shutil
 import struct
 
 from ansible.module_utils.basic import AnsibleModule
@@ -139,20 +153,51 @@ def sha256_of(path):
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt")
 
 
-def check_hf_folder(module, path):
+def check_hf_folder(refuse, path):
     """A Hugging Face model folder: config.json plus at least one weight file."""
     names = sorted(os.listdir(path))
     if "config.json" not in names:
-        module.fail_json(msg=f"{path}: refused: a model folder needs config.json (a Hugging "
-                             "Face model folder); it has " + (", ".join(names[:8]) or "nothing"))
+        refuse(f"{path}: refused: a model folder needs config.json (a Hugging Face model "
+               "folder); it has " + (", ".join(names[:8]) or "nothing"))
     weights = [n for n in names if n.endswith(WEIGHT_SUFFIXES)]
     if not weights:
-        module.fail_json(msg=f"{path}: refused: the model folder has no weights "
-                             "(*.safetensors or *.bin)")
+        refuse(f"{path}: refused: the model folder has no weights (*.safetensors or *.bin)")
     size = sum(os.path.getsize(os.path.join(path, n)) for n in names
                if os.path.isfile(os.path.join(path, n)))
     return {"changed": False, "path": path, "size": size, "sha256": "", "folder": True,
             "weights": weights}
+
+
+def check_listed_files(path, files):
+    """'' when the folder holds every listed file with its size and sha256, else what is wrong."""
+    for entry in files:
+        rel = str(entry.get("path") or "")
+        if not rel or rel.startswith("/") or ".." in rel.split("/"):
+            return f"the file list names an unsafe path {rel!r}"
+        target = os.path.join(path, rel)
+        if not os.path.isfile(target):
+            return f"{rel} is missing"
+        size = os.path.getsize(target)
+        if size != int(entry.get("size", -1)):
+            return f"{rel} has {size} bytes, expected {entry.get('size')}"
+        digest = sha256_of(target)
+        if digest != str(entry.get("sha256", "")).lower():
+            return f"{rel}: sha256 is {digest}, expected {entry.get('sha256')}"
+    return ""
+
+
+def move_into(path, into):
+    """Rename the checked file or folder to its final place; a folder whose final place already
+    exists (the mount point of a ZFS dataset) is moved in file by file, then removed."""
+    if not os.path.lexists(into) or not os.path.isdir(path):
+        os.replace(path, into)
+        return
+    for folder, _dirs, names in os.walk(path):
+        dest = os.path.join(into, os.path.relpath(folder, path))
+        os.makedirs(dest, exist_ok=True)
+        for name in names:
+            os.replace(os.path.join(folder, name), os.path.join(dest, name))
+    shutil.rmtree(path)
 
 
 def main():
@@ -162,19 +207,42 @@ def main():
         "gguf": {"type": "bool", "default": False},
         "require_chat_template": {"type": "bool", "default": True},
         "remove_on_failure": {"type": "bool", "default": False},
+        "files": {"type": "list", "elements": "dict", "default": []},
+        "into": {"type": "path", "default": ""},
     }, supports_check_mode=True)
     path = module.params["path"]
+    into = module.params["into"]
 
     def refuse(msg, **extra):
         if module.params["remove_on_failure"] and not module.check_mode:
-            os.unlink(path)
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path)
+            else:
+                os.unlink(path)
             msg += "; the copy was removed"
         module.fail_json(msg=msg, **extra)
+
+    def done(result):
+        if into and not module.check_mode:
+            move_into(path, into)
+            result.update(changed=True, path=into)
+        module.exit_json(**result)
+
+    if module.params["files"]:
+        if not os.path.isdir(path):
+            module.fail_json(msg=f"model folder {path} does not exist on the host")
+        problem = check_listed_files(path, module.params["files"])
+        if problem:
+            refuse(f"{path}: refused: {problem} (the copy is corrupted or not the model the "
+                   "controller listed)")
+        result = check_hf_folder(refuse, path)
+        result["files"] = len(module.params["files"])
+        done(result)
 
     if os.path.isdir(path) and not module.params["gguf"]:
         # A Hugging Face folder (vLLM): its files are checked when they are downloaded; here
         # only that it is one (config.json and weights), so a wrong path fails before a start.
-        module.exit_json(**check_hf_folder(module, path))
+        module.exit_json(**check_hf_folder(refuse, path))
     if not os.path.isfile(path):
         module.fail_json(msg=f"model file {path} does not exist on the host")
     result = {"changed": False, "path": path, "size": os.path.getsize(path)}
@@ -191,7 +259,7 @@ def main():
     if expected and result["sha256"] != expected:
         refuse(f"{path}: refused: sha256 is {result['sha256']}, expected {expected} "
                "(the file is corrupted or not the pinned model)", **result)
-    module.exit_json(**result)
+    done(result)
 
 
 if __name__ == "__main__":
