@@ -68,6 +68,45 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def cached_sha256(path: Path) -> str:
+    """A controller file's sha256, remembered under the cache folder by its identity (real path,
+    inode, size, modification and change times), so planning and staging a multi-gigabyte model
+    hash it once until it changes. Any write changes the change time, so a stale entry is never
+    used."""
+    info = path.stat()
+    identity = (f"{path.resolve()}|{info.st_ino}|{info.st_size}|{info.st_mtime_ns}|"
+                f"{info.st_ctime_ns}")
+    entry = paths.cache_dir() / "file-hashes" / hashlib.sha256(identity.encode()).hexdigest()
+    try:
+        known = entry.read_text().strip()
+        if len(known) == 64:
+            return known
+    except OSError:
+        pass
+    digest = sha256_file(path)
+    try:
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        partial = entry.with_name(f".{entry.name}.{os.getpid()}")
+        partial.write_text(digest + "\n")
+        partial.replace(entry)
+    except OSError:
+        pass  # a read-only cache only costs hashing again
+    return digest
+
+
+def controller_content(ref: ModelRef, model_file: str) -> str:
+    """The content key of a ``/path`` model present on this controller (a file's sha256, a
+    folder's tree digest), or '' when it is not here (it must be on the host)."""
+    if ref.kind != "path":
+        return ""
+    local = Path(ref.path) / model_file if model_file else Path(ref.path)
+    if local.is_file():
+        return cached_sha256(local)
+    if local.is_dir():
+        return tree_digest(tree_files(local))
+    return ""
+
+
 def tree_files(folder: Path) -> list[dict[str, object]]:
     """Every file of a model folder (hidden names skipped at any depth), sorted, each with its
     path relative to the folder, sha256 and size."""
@@ -76,7 +115,7 @@ def tree_files(folder: Path) -> list[dict[str, object]]:
         rel = path.relative_to(folder)
         if any(part.startswith(".") for part in rel.parts) or not path.is_file():
             continue
-        found.append({"path": rel.as_posix(), "sha256": sha256_file(path),
+        found.append({"path": rel.as_posix(), "sha256": cached_sha256(path),
                       "size": path.stat().st_size})
     return found
 
@@ -156,7 +195,7 @@ def resolve_source(model: str, model_file: str, model_sha256: str, models_root: 
         if model_file:
             local = local / model_file
         if local.is_file():
-            digest = pinned or sha256_file(local)
+            digest = pinned or cached_sha256(local)
             return _placed("copy", ref, local.name, digest, local.stat().st_size, models_root,
                            local_path=str(local), zfs_dataset=zfs_dataset)
         if local.is_dir():

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from vllama_provision import engines, gpu, modelmeta, zfs
+from vllama_provision import engines, gpu, modelmeta, models, zfs
 from vllama_provision.inventory import HostSpec
 from vllama_provision.modelref import ModelRef, parse_model
 from vllama_provision.validation import (
@@ -319,10 +319,14 @@ def _plan_instance(host: HostSpec, plan: HostPlan, platform: str, inst: dict[str
     readiness = engines.readiness_for(server).to_dict()
 
     files = _files(service_manager, deploy, paths)
+    # An unpinned model on this controller is part of the release by its content: replacing the
+    # file or folder makes a new release (the old one keeps serving the old content and stays
+    # there for a rollback) instead of changing what an existing release points at.
+    content = "" if inst["model_sha256"] else models.controller_content(ref, inst["model_file"])
     fingerprint = _fingerprint({"engine_key": engine_key, "image": image, "model": ref.raw,
                                 "model_file": inst["model_file"],
                                 "model_sha256": inst["model_sha256"], "argv": argv, "env": env,
-                                "deploy": deploy,
+                                "deploy": deploy, **({"content": content} if content else {}),
                                 # A release on a ZFS store links to a dataset: a new store is a
                                 # new release (plain-folder release ids are unchanged).
                                 **({"zfs_dataset": plan.zfs_dataset} if plan.zfs_dataset else {})})

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import os
 import zipfile
 from pathlib import Path
 
@@ -205,3 +206,20 @@ def test_resolve_hugging_face_source_is_fetched_by_the_host() -> None:
     assert source.store_dir == f"{ROOT}/qwen--qwen2.5-7b-instruct/a09a3545"
     unpinned = resolve_source("Qwen/Qwen2.5-7B-Instruct-GGUF", "q4_k_m.gguf", "", ROOT)
     assert unpinned.store_path == f"{ROOT}/qwen--qwen2.5-7b-instruct-gguf/main/q4_k_m.gguf"
+
+
+def test_controller_hashes_are_remembered_until_the_file_changes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from vllama_provision.models import cached_sha256
+
+    monkeypatch.setenv("VLLAMA_CACHE_DIR", str(tmp_path / "cache"))
+    model = tmp_path / "m.gguf"
+    model.write_bytes(b"one")
+    assert cached_sha256(model) == hashlib.sha256(b"one").hexdigest()
+    assert len(list((tmp_path / "cache" / "file-hashes").iterdir())) == 1
+    assert cached_sha256(model) == hashlib.sha256(b"one").hexdigest()  # from the cache
+    # Same size, modification time put back: the change time still tells.
+    info = model.stat()
+    model.write_bytes(b"two")
+    os.utime(model, ns=(info.st_atime_ns, info.st_mtime_ns))
+    assert cached_sha256(model) == hashlib.sha256(b"two").hexdigest()

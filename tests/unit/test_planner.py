@@ -423,3 +423,39 @@ def test_gpu_memory_shares_are_checked_only_where_there_are_gpus() -> None:
     gpu = validate_host("g", {"vllama_platform": "linux-nvidia", "vllama_instances": pair})
     assert [p.variable for p in gpu] == ["gpu_memory_utilization"]
     assert validate_host("c", {"vllama_platform": "linux-cpu", "vllama_instances": pair}) == []
+
+
+def test_an_unpinned_controller_model_is_part_of_the_release_by_its_content(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Replacing a model file (or a file of a model folder) on the controller makes a new
+    release, so the served release is never re-pointed at other content; a pinned model_sha256
+    or a model that is only on the host keeps its release id."""
+    monkeypatch.setenv("VLLAMA_CACHE_DIR", str(tmp_path / "cache"))
+    model = tmp_path / "m.gguf"
+    model.write_bytes(b"GGUF one")
+    folder = tmp_path / "hf"
+    folder.mkdir()
+    (folder / "config.json").write_bytes(b"{}")
+
+    def release(inst: dict[str, Any]) -> str:
+        return plan_host(host([{"name": "m", "engine": "llamacpp", **inst}],
+                              "linux-cpu")).instances[0].release
+
+    first = release({"model": str(model)})
+    assert release({"model": str(model)}) == first
+    model.write_bytes(b"GGUF two")
+    second = release({"model": str(model)})
+    assert second != first
+    pinned = release({"model": str(model), "model_sha256": "a" * 64})
+    model.write_bytes(b"GGUF three")
+    assert release({"model": str(model), "model_sha256": "a" * 64}) == pinned
+    elsewhere = release({"model": "/srv/not-here/m.gguf"})
+    assert release({"model": "/srv/not-here/m.gguf"}) == elsewhere
+
+    def folder_release() -> str:
+        return plan_host(host([{"name": "v", "engine": "vllm", "model": str(folder)}],
+                              "linux-cpu")).instances[0].release
+
+    before = folder_release()
+    (folder / "config.json").write_bytes(b'{"a": 1}')
+    assert folder_release() != before
