@@ -17,7 +17,7 @@ _PREPARATION: dict[str, Any] = {}
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
-    if any("test_vllm_cpu" in item.nodeid for item in session.items):
+    if any("test_vllm" in item.nodeid for item in session.items):
         _PREPARATION.update(start_vllm_preparation(Path(".test-logs")))
 
 
