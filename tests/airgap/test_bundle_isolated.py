@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -56,22 +55,10 @@ def inventory(lab: Any, host: Any, tmp_path_factory: pytest.TempPathFactory) -> 
 
 
 @pytest.fixture(scope="module")
-def key() -> Path:
-    """A signing key kept with the test bundle (not the controller's own key)."""
-    folder = paths.cache_dir() / "test-bundles"
-    folder.mkdir(parents=True, exist_ok=True)
-    private = folder / "test-signing-key"
-    if not private.is_file():
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "vllama-test",
-                        "-f", str(private)], check=True)
-    return private
-
-
-@pytest.fixture(scope="module")
-def bundle(inventory: Path, key: Path, run_cli: Any) -> Path:
+def bundle(inventory: Path, bundle_key: Path, run_cli: Any) -> Path:
     out = paths.cache_dir() / "test-bundles" / "airgap-smollm2"
     started = time.monotonic()
-    result = run_cli("bundle", str(inventory), "--out", str(out), "--sign-key", str(key),
+    result = run_cli("bundle", str(inventory), "--out", str(out), "--sign-key", str(bundle_key),
                      timeout=1800)
     print(f"bundle: {time.monotonic() - started:.1f}s, "
           f"{result.report.get('size_bytes', 0) / 2**20:.1f} MiB, "
@@ -121,7 +108,7 @@ def test_the_host_is_air_gapped_and_cannot_make_a_venv(host: Any) -> None:
 
 
 def test_a_tampered_manifest_fails_the_signature(host: Any, inventory: Path, bundle: Path,
-                                                 key: Path, run_cli: Any,
+                                                 bundle_key: Path, run_cli: Any,
                                                  tmp_path: Path) -> None:
     bad = _copy(bundle, tmp_path / "bad-manifest")
     manifest = json.loads((bad / "manifest.json").read_text())
@@ -129,7 +116,7 @@ def test_a_tampered_manifest_fails_the_signature(host: Any, inventory: Path, bun
     manifest["files"][rel]["size"] += 1
     _replace(bad / "manifest.json", json.dumps(manifest, indent=1, sort_keys=True).encode())
     result = run_cli("apply", str(inventory), "--bundle", str(bad), "--bundle-key",
-                     f"{key}.pub")
+                     f"{bundle_key}.pub")
     assert result.rc == 2, result.stderr
     assert "signature does not verify" in result.stderr
     assert "no host was contacted" in result.stderr
@@ -138,7 +125,7 @@ def test_a_tampered_manifest_fails_the_signature(host: Any, inventory: Path, bun
 
 
 def test_a_tampered_file_is_refused_by_name(host: Any, inventory: Path, bundle: Path,
-                                            key: Path, run_cli: Any, tmp_path: Path) -> None:
+                                            bundle_key: Path, run_cli: Any, tmp_path: Path) -> None:
     bad = _copy(bundle, tmp_path / "bad-file")
     wheel = next(p for p in sorted((bad / "wheels").rglob("*.whl"))
                  if p.name.startswith("diskcache"))
@@ -146,7 +133,7 @@ def test_a_tampered_file_is_refused_by_name(host: Any, inventory: Path, bundle: 
     data[len(data) // 2] ^= 0xFF  # same size, one byte flipped
     _replace(wheel, bytes(data))
     result = run_cli("apply", str(inventory), "--bundle", str(bad), "--bundle-key",
-                     f"{key}.pub")
+                     f"{bundle_key}.pub")
     assert result.rc == 1, result.stderr
     entry = result.host(host.name)
     assert entry["status"] == "failed"
@@ -156,11 +143,11 @@ def test_a_tampered_file_is_refused_by_name(host: Any, inventory: Path, bundle: 
 
 
 def test_the_bundle_gives_a_verified_endpoint_offline(host: Any, inventory: Path,
-                                                      bundle: Path, key: Path,
+                                                      bundle: Path, bundle_key: Path,
                                                       run_cli: Any) -> None:
     apt_before = host.ssh("ls -la /etc/apt/sources.list.d; md5sum /etc/apt/sources.list.d/*")
     result = run_cli("apply", str(inventory), "--bundle", str(bundle), "--bundle-key",
-                     f"{key}.pub")
+                     f"{bundle_key}.pub")
     assert result.rc == 0, result.stderr
     inst = result.instance(host.name, "smollm2")
     assert inst["verified"] is True and "host" in inst["verified_from"]

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from airgap.conftest import bundle_key  # noqa: F401 - fixtures re-exported
 from e2e.conftest import engine_wheel, run_cli  # noqa: F401 - fixtures re-exported
 
 from .vllm_fixtures import start_vllm_preparation

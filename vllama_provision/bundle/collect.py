@@ -36,7 +36,7 @@ from vllama_provision.bundle.targets import Target, target_for
 from vllama_provision.errors import BundleError, BundleSignatureError, UsageError, VllamaError
 from vllama_provision.inventory import HostSpec, load_inventory
 from vllama_provision.modelref import parse_model
-from vllama_provision.models import fetch_pypi, tree_digest, tree_files
+from vllama_provision.models import cached_sha256, fetch_pypi, tree_digest, tree_files
 from vllama_provision.planner import EngineOverride, HostPlan, plan_host
 
 
@@ -329,12 +329,33 @@ class _Builder:
         return dest, sorted(files, key=lambda f: f["path"]), commit
 
     # -- images -------------------------------------------------------------------------------
-    def image(self, image: str, hosts: list[str]) -> None:
+    def image(self, image: str, hosts: list[str], archive: str = "") -> None:
+        """A container image: the instance's ``image_archive`` (a ``docker save`` archive on
+        this controller) when it has one, else ``docker save`` from this machine's Docker
+        engine."""
+        if archive and Path(archive).is_file():
+            local = Path(archive)
+            digest = cached_sha256(local)
+            recipe = {"image": image, "archive_sha256": digest}
+            entry = self._reusable("images", image, recipe)
+            if entry is not None:
+                self._keep(entry)
+                self.manifest.images[image] = entry
+                self._item(Item("image", image, "reused", hosts), entry["files"])
+                return
+            rel = f"images/{digest}/{local.name}"
+            self._want(rel, local, digest)
+            self.manifest.images[image] = {"status": "collected", "source": "image_archive",
+                                           "recipe": recipe, "sha256": digest, "path": rel,
+                                           "files": [rel]}
+            self._item(Item("image", image, "fetched", hosts, f"from {local}"), [rel])
+            return
         docker = shutil.which("docker")
         engine = docker and subprocess.run([docker, "info"], capture_output=True,
                                            check=False).returncode == 0
         if not engine:
-            why = "no Docker engine on this controller (docker save needs one)"
+            why = ("no Docker engine on this controller (docker save needs one); or set the "
+                   "instance's image_archive to a `docker save` archive of the image")
             self.manifest.images[image] = {"status": "not collected: no Docker engine"}
             self.manifest.not_collected.append({"what": f"image {image}", "why": why,
                                                 "hosts": ", ".join(hosts)})
@@ -357,8 +378,8 @@ class _Builder:
         subprocess.run([docker, "save", "-o", str(tar), image], check=True)
         rel = f"images/{safe}.tar"
         self._want(rel, tar)
-        self.manifest.images[image] = {"status": "collected", "digest": digest, "path": rel,
-                                       "files": [rel]}
+        self.manifest.images[image] = {"status": "collected", "source": "docker save",
+                                       "digest": digest, "path": rel, "files": [rel]}
         self._item(Item("image", image, "fetched", hosts, digest), [rel])
 
     # -- placing ------------------------------------------------------------------------------
@@ -473,7 +494,7 @@ def _collect(builder: _Builder, hosts: list[_Host]) -> None:
     sets: dict[str, dict[str, Any]] = {}
     apt: dict[str, dict[str, Any]] = {}
     models: dict[str, dict[str, Any]] = {}
-    images: dict[str, list[str]] = {}
+    images: dict[str, dict[str, Any]] = {}
     for host in hosts:
         target, plan = host.target, host.plan
         record: dict[str, Any] = {"os": target.os, "arch": target.arch, "python": target.python,
@@ -495,7 +516,9 @@ def _collect(builder: _Builder, hosts: list[_Host]) -> None:
                     "why": "Homebrew packages are not bundled; install llama.cpp on the Mac "
                            "from the site's own mirror", "hosts": host.spec.name})
             if inst.image:
-                images.setdefault(inst.image, []).append(host.spec.name)
+                entry = images.setdefault(inst.image, {"hosts": [], "archive": ""})
+                entry["hosts"].append(host.spec.name)
+                entry["archive"] = entry["archive"] or inst.image_archive
                 record["images"].append(inst.image)
             mkey = model_key(inst.model["raw"], inst.model_file)
             entry = models.setdefault(mkey, {"raw": inst.model["raw"], "file": inst.model_file,
@@ -504,24 +527,34 @@ def _collect(builder: _Builder, hosts: list[_Host]) -> None:
             entry["hosts"].append(host.spec.name)
             record["models"].append(mkey)
         if target.family != "brew":
-            entry = apt.setdefault(target.apt_name, {"target": target, "hosts": []})
+            entry = apt.setdefault(target.apt_name, {"target": target, "hosts": [],
+                                                     "containers": False})
             entry["hosts"].append(host.spec.name)
+            containers = any(i.deploy == "container" for i in plan.instances)
+            entry["containers"] = entry["containers"] or containers
             record["apt"] = target.apt_name
+            record["apt_packages"] = aptrepo.role_packages(_family(target), containers)
         builder.manifest.hosts[host.spec.name] = record
     for name, entry in sorted(sets.items()):
         builder.wheels(name, entry["requirement"], entry["key"], entry["target"],
                        entry["hosts"])
     for _name, entry in sorted(apt.items()):
-        family = "Debian" if entry["target"].family == "apt" else "RedHat"
-        builder.apt(entry["target"], aptrepo.role_packages(family), entry["hosts"])
+        builder.apt(entry["target"], aptrepo.role_packages(_family(entry["target"]),
+                                                           entry["containers"]),
+                    entry["hosts"])
     for _mkey, entry in sorted(models.items()):
         builder.model(entry["raw"], entry["file"], entry["sha256"], entry["hosts"],
                       entry["endpoint"])
-    for image, image_hosts in sorted(images.items()):
-        builder.image(image, image_hosts)
+    for image, entry in sorted(images.items()):
+        builder.image(image, entry["hosts"], entry["archive"])
     for name, record in builder.manifest.hosts.items():
         missing = [n for n in builder.manifest.not_collected if name in n["hosts"].split(", ")]
         record["complete"] = not missing
+
+
+def _family(target: Target) -> str:
+    """The roles' OS family (their vars/<family>.yml) of a target."""
+    return "Debian" if target.family == "apt" else "RedHat"
 
 
 def write_report(result: BundleResult, json_out: str) -> None:

@@ -38,10 +38,11 @@ def bundle(inventory: Path, out: Path, limit: str | None, json_out: str | None,
     Contacts no host: each host's OS, architecture and Python come from vllama_os,
     vllama_arch and vllama_python in the inventory, or from the facts cache (`facts --save`).
     Collects the engine wheels with every dependency (pinned by sha256), the OS packages hosts
-    may lack as a signed package repository, the model files, and container images (only
-    with a Docker engine here). What cannot be collected from this machine is listed as "not
-    collected" and the exit code is 1. Install with `apply INVENTORY --bundle DIR
-    --bundle-key PUBFILE`.
+    may lack as a signed package repository (with the Docker engine for hosts with container
+    instances), the model files and folders (Hugging Face snapshots whole), and container
+    images (an instance's image_archive, else `docker save` with a Docker engine here). What
+    cannot be collected from this machine is listed as "not collected" and the exit code is 1.
+    Install with `apply INVENTORY --bundle DIR --bundle-key PUBFILE`.
     """
     from vllama_provision.bundle.collect import build, write_report
     from vllama_provision.errors import UsageError

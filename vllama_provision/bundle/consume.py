@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from vllama_provision import paths
-from vllama_provision.bundle import pipwheels
+from vllama_provision.bundle import aptrepo, pipwheels
 from vllama_provision.bundle.collect import model_key
 from vllama_provision.bundle.manifest import Manifest, verify_files
 from vllama_provision.bundle.targets import OSES, Target, os_from_facts
@@ -71,6 +71,21 @@ def _model(inst: dict[str, Any], plan: dict[str, Any], bundle_dir: Path,
     return source, list(entry["files"])
 
 
+def _image(inst: dict[str, Any], manifest: Manifest) -> dict[str, str]:
+    """Where a container instance's image comes from: the bundle's archive of it. An image the
+    bundle could not collect must already be on the host (apply says so if it is not); an
+    ``image_archive`` the bundle lacks means the bundle is older than the inventory."""
+    if inst["deploy"] != "container" or not inst.get("image"):
+        return {"bundle_path": ""}
+    entry = manifest.images.get(inst["image"]) or {}
+    if entry.get("path"):
+        return {"bundle_path": entry["path"]}
+    if inst.get("image_archive"):
+        raise BundleError(f"the bundle has no archive of {inst['image']} (its instance sets "
+                          "image_archive); bundle this inventory again")
+    return {"bundle_path": ""}
+
+
 def sources_for_host(plan: dict[str, Any], platform: dict[str, Any],
                      bundle: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """(sources as vllama_sources returns them, this host's part of the bundle)."""
@@ -103,14 +118,22 @@ def sources_for_host(plan: dict[str, Any], platform: dict[str, Any],
             sets[name] = {"dir": entry["dir"], "requirements": entry["requirements"]}
             staged += entry["files"]
             wheel["bundle_set"] = name
-        sources[inst["name"]] = {"model": model.to_dict(), "wheel": wheel}
+        image = _image(inst, manifest)
+        staged += [image["bundle_path"]] if image["bundle_path"] else []
+        sources[inst["name"]] = {"model": model.to_dict(), "wheel": wheel, "image": image}
     apt: dict[str, Any] = {}
     entry = manifest.apt.get(target.apt_name)
     if target.family == "apt":
         if entry is None:
             raise BundleError(f"the bundle has no OS packages for {target.apt_name} (see its "
                               "not_collected list); bundle on a machine that can fetch them")
-        apt = {"dir": entry["dir"], "packages": entry["packages"]}
+        containers = any(i["deploy"] == "container" for i in plan["instances"])
+        packages = aptrepo.role_packages("Debian", containers)
+        lacking = [p for p in packages if p not in entry["packages"]]
+        if lacking:
+            raise BundleError(f"the bundle's OS packages lack {', '.join(lacking)} (this host "
+                              "has container instances now?); bundle this inventory again")
+        apt = {"dir": entry["dir"], "packages": packages}
         staged += entry["files"]
     staged = sorted(set(staged))
     verify_files(bundle_dir, manifest, staged + model_files)

@@ -55,7 +55,8 @@ class ActionModule(ActionBase):
                         archive = wheelhouse.archive(key)
                         wheel.update(wheels=[], archive=str(archive or ""),
                                      complete=archive is not None)
-                sources[inst["name"]] = {"model": model.to_dict(), "wheel": wheel}
+                sources[inst["name"]] = {"model": model.to_dict(), "wheel": wheel,
+                                         "image": {"bundle_path": ""}}
         except VllamaError as exc:
             result.update(failed=True, msg=str(exc))
             return result
