@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 from e2e.conftest import SMOLLM2, write_inventory
-from gpu.image_fixture import build_image
+from gpu.image_fixture import docker_lab, timed_image
 
 from vllama_provision import paths
 
@@ -29,20 +29,12 @@ TIMES: dict[str, float] = {}
 
 @pytest.fixture(scope="module")
 def image() -> tuple[str, Path]:
-    started = time.monotonic()
-    built = build_image(Path(".test-logs/llama-server-image.log"))
-    TIMES["image_s"] = time.monotonic() - started
-    return built
+    return timed_image(TIMES)
 
 
 @pytest.fixture(scope="module")
 def lab(lab_factory_module: Any, lab_golden: Path) -> Any:
-    lab = lab_factory_module(1, docker=True, isolated=True)
-    # The site's own Docker settings (host networking only), which the role never overwrites.
-    lab.hosts[0].ssh("mkdir -p /etc/docker && printf '%s\\n' "
-                     "'{\"ip-forward\": false, \"bridge\": \"none\", \"log-level\": \"warn\"}' "
-                     "> /etc/docker/daemon.json")
-    return lab
+    return docker_lab(lab_factory_module, isolated=True)
 
 
 @pytest.fixture(scope="module")

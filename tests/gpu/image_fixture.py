@@ -22,7 +22,9 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
+from typing import Any
 
 from vllama_provision import paths
 from vllama_provision.lab import golden
@@ -105,3 +107,24 @@ def build_image(log: Path) -> tuple[str, Path]:
     folder.rename(target)
     shutil.rmtree(work, ignore_errors=True)
     return reference, archive
+
+
+# The site's own Docker settings in a docker lab host (containers use host networking), which
+# the role never overwrites.
+SITE_DAEMON_JSON = {"ip-forward": False, "bridge": "none", "log-level": "warn"}
+
+
+def timed_image(times: dict[str, float]) -> tuple[str, Path]:
+    """``build_image`` for a test module, its time recorded as ``image_s``."""
+    started = time.monotonic()
+    built = build_image(Path(".test-logs/llama-server-image.log"))
+    times["image_s"] = time.monotonic() - started
+    return built
+
+
+def docker_lab(lab_factory: Any, **flags: Any) -> Any:
+    """One ``--docker`` lab host (plus ``flags``) with the site's daemon.json written."""
+    lab = lab_factory(1, docker=True, **flags)
+    lab.hosts[0].ssh(f"mkdir -p /etc/docker && printf '%s\\n' '{json.dumps(SITE_DAEMON_JSON)}' "
+                     "> /etc/docker/daemon.json")
+    return lab

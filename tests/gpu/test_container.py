@@ -30,7 +30,7 @@ from labtools import explain, playbook
 from vllama_provision.verify import read_key
 
 from .conftest import curl
-from .image_fixture import build_image
+from .image_fixture import SITE_DAEMON_JSON, docker_lab, timed_image
 
 pytestmark = pytest.mark.lab
 
@@ -43,20 +43,12 @@ TIMES: dict[str, float] = {}
 
 @pytest.fixture(scope="module")
 def image() -> tuple[str, Path]:
-    start = time.monotonic()
-    built = build_image(Path(".test-logs/llama-server-image.log"))
-    TIMES["image_s"] = time.monotonic() - start
-    return built
+    return timed_image(TIMES)
 
 
 @pytest.fixture(scope="module")
 def lab(lab_factory_module: Any, lab_golden: Path) -> Any:
-    lab = lab_factory_module(1, docker=True)
-    host = lab.hosts[0]
-    host.ssh("mkdir -p /etc/docker && printf '%s\\n' "
-             "'{\"ip-forward\": false, \"bridge\": \"none\", \"log-level\": \"warn\"}' "
-             "> /etc/docker/daemon.json")
-    return lab
+    return docker_lab(lab_factory_module)
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +89,7 @@ def test_apply_runs_the_container_under_systemd_and_verifies(
     assert host.ssh("test -x /usr/local/lib/docker/cli-plugins/docker-compose").returncode == 0
     # The site's daemon.json is untouched.
     daemon = json.loads(host.ssh("cat /etc/docker/daemon.json").stdout)
-    assert daemon == {"ip-forward": False, "bridge": "none", "log-level": "warn"}
+    assert daemon == SITE_DAEMON_JSON
     print(f"container timings: {TIMES}")
 
 
