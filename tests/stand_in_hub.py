@@ -9,7 +9,8 @@ repositories it is given, each at one commit:
 * ``/<repo>/resolve/<commit>/<path>`` -> the file (streamed from disk for real models)
 
 ``tamper`` makes every weight download differ from the listed hash; ``token_required`` answers
-401 without ``Authorization: Bearer s3cret``. ``downloads`` lists the paths served.
+401 without ``Authorization: Bearer <token>`` (``token``, default ``s3cret``). ``downloads``
+lists the paths served.
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ class StandInHub:
         self.repos = repos
         self.tamper = False
         self.token_required = False
+        self.token = "s3cret"
         self.downloads: list[str] = []
         self._trees: dict[str, list[dict[str, Any]]] = {}
 
@@ -105,7 +107,8 @@ class StandInHub:
                     shutil.copyfileobj(handle, self.wfile, 1 << 20)
 
             def do_GET(self) -> None:
-                if hub.token_required and self.headers.get("Authorization") != "Bearer s3cret":
+                if (hub.token_required
+                        and self.headers.get("Authorization") != f"Bearer {hub.token}"):
                     self._send(401, b"{}")
                     return
                 for repo, (commit, files) in hub.repos.items():

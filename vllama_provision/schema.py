@@ -195,6 +195,11 @@ HOST_OPTIONS: tuple[Option, ...] = (
     Option("vllama_hf_endpoint", "str", "Hugging Face endpoint hosts download models from "
            "(the Hub, or a mirror).", default="https://huggingface.co",
            pattern=r"^https?://[^\s]+$", pattern_help="an http(s) URL"),
+    Option("vllama_hf_token_file", "str", "Controller-side file (0600) holding a Hugging Face "
+           "token, for gated or private repositories: shipped to the host (0600) only for the "
+           "download and removed right after, and used by `bundle`. Never printed. Empty: "
+           "no token.", default="", pattern=r"^$|" + ABS_PATH_PATTERN[1:],
+           pattern_help="an absolute path"),
     Option("vllama_lock_wait", "int", "Seconds a run waits for another run's host lock "
            "before it refuses the host.", default=300, minimum=0, maximum=86400),
     Option("vllama_keep_releases", "int", "Releases kept per instance besides the current and "

@@ -106,20 +106,21 @@ def _platform_of(host_vars: Mapping[str, Any]) -> str | None:
     return value if value in PLATFORMS else None
 
 
-def _check_api_key_file(path: str, where: dict[str, str]) -> list[Problem]:
+def _check_secret_file(path: str, variable: str, where: dict[str, str]) -> list[Problem]:
+    """A controller-side secret (an API key, a Hugging Face token): a private regular file."""
     if not path:
         return []
     try:
         st = os.stat(path)
     except OSError as exc:
         return [Problem(f"cannot be read on the controller ({exc.strerror})",
-                        variable="api_key_file", value=path, has_value=True, **where)]
+                        variable=variable, value=path, has_value=True, **where)]
     if not stat.S_ISREG(st.st_mode):
-        return [Problem("is not a regular file", variable="api_key_file", value=path,
+        return [Problem("is not a regular file", variable=variable, value=path,
                         has_value=True, **where)]
     if st.st_mode & 0o077:
         return [Problem("is readable by other users; secrets must be private",
-                        variable="api_key_file", value=path, has_value=True,
+                        variable=variable, value=path, has_value=True,
                         allowed=f"chmod 600 {path}", **where)]
     return []
 
@@ -224,7 +225,7 @@ def _check_instance(inst: Mapping[str, Any], platform: str | None,
                     value=arg, has_value=True, allowed=f"the option {OPTION_FLAGS[flag]} instead",
                     **where))
     if isinstance(inst.get("api_key_file"), str):
-        problems += _check_api_key_file(inst["api_key_file"], where)
+        problems += _check_secret_file(inst["api_key_file"], "api_key_file", where)
     return problems
 
 
@@ -275,6 +276,9 @@ def validate_host(host: str, host_vars: Mapping[str, Any], *, file: str = "") ->
     problems = schema.validate_mapping(present, schema.HOST_OPTIONS, where=where)
     flagged = {p.variable for p in problems}
     problems += zfs.validate({k: v for k, v in present.items() if k not in flagged}, where)
+    token_file = present.get("vllama_hf_token_file")
+    if isinstance(token_file, str) and "vllama_hf_token_file" not in flagged:
+        problems += _check_secret_file(token_file, "vllama_hf_token_file", where)
     for key in host_vars:
         meant = near_miss_host_option(key)
         if meant:

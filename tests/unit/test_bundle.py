@@ -544,3 +544,40 @@ def test_container_hosts_get_their_image_from_its_archive_and_docker_from_the_bu
         consume._image(container, older)
     # Without an archive, an image the bundle lacks must already be on the host.
     assert consume._image({**container, "image_archive": ""}, older) == {"bundle_path": ""}
+
+
+def test_a_gated_snapshot_is_bundled_with_the_token_file_and_the_token_never_shows(
+        tmp_path: Path, hub: Any) -> None:
+    from stand_in_hub import COMMIT
+
+    state, endpoint = hub
+    state.token_required = True  # the stand-in Hub answers 401 without "Bearer s3cret"
+    token = tmp_path / "hf-token"
+    token.write_text("s3cret\n")
+    token.chmod(0o600)
+    host = {"ansible_host": "192.0.2.31", "vllama_platform": "linux-cpu", "vllama_os": "rhel9",
+            "vllama_arch": "aarch64", "vllama_python": "3.12", "vllama_hf_endpoint": endpoint,
+            "vllama_instances": [{"name": "g", "engine": "vllm", "model": f"org/tiny@{COMMIT}"}]}
+    path = tmp_path / "inv.yml"
+
+    def bundle(host_vars: dict) -> tuple[subprocess.CompletedProcess[str], dict]:
+        path.write_text(yaml.safe_dump({"all": {"hosts": {"gated1": host_vars}}}))
+        proc = _cli(["bundle", str(path), "--out", str(tmp_path / "b"), "--json",
+                     str(tmp_path / "r.json")], tmp_path, offline=False)
+        report = json.loads((tmp_path / "r.json").read_text())
+        return proc, next(i for i in report["items"] if i["kind"] == "model")
+
+    _proc, item = bundle(host)
+    assert item["status"] == "not collected"
+    assert "HTTP 401 (gated or private: set vllama_hf_token_file" in item["detail"]
+    proc, item = bundle({**host, "vllama_hf_token_file": str(token)})
+    assert item["status"] == "fetched", item
+    written = [proc.stdout, proc.stderr, (tmp_path / "r.json").read_text(),
+               (tmp_path / "b" / "manifest.json").read_text()]
+    assert not any("s3cret" in text for text in written), "the token was printed"
+
+    token.chmod(0o644)
+    proc, _item = bundle({**host, "vllama_hf_token_file": str(token)})
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "host gated1, vllama_hf_token_file:" in proc.stderr
+    assert "is readable by other users" in proc.stderr and f"chmod 600 {token}" in proc.stderr

@@ -221,7 +221,7 @@ class _Builder:
 
     # -- models -------------------------------------------------------------------------------
     def model(self, raw: str, model_file: str, pinned: str, hosts: list[str],
-              hf_endpoint: str) -> None:
+              hf_endpoint: str, token_file: str = "") -> None:
         key = model_key(raw, model_file)
         recipe: dict[str, Any] = {"model": raw, "model_file": model_file, "model_sha256": pinned}
         ref = parse_model(raw)
@@ -251,10 +251,11 @@ class _Builder:
                 self._item(Item("model", key, "on host", hosts,
                                 f"{local} is not on this controller: the host must have it"), [])
             elif model_file:
-                source, digest, commit = self._hf(ref, model_file, pinned, hf_endpoint)
+                source, digest, commit = self._hf(ref, model_file, pinned, hf_endpoint,
+                                                  token_file)
                 self._model_file(key, recipe, ref.kind, source, digest, commit, pinned, hosts)
             else:
-                source, files, commit = self._hf_snapshot(ref, hf_endpoint)
+                source, files, commit = self._hf_snapshot(ref, hf_endpoint, token_file)
                 self._model_folder(key, recipe, ref.kind, source, files,
                                    f"models/hf/{ref.slug}/{commit}", "", commit, pinned, hosts)
         except (VllamaError, _HfUnavailable) as exc:
@@ -296,29 +297,33 @@ class _Builder:
         self._item(Item("model", key, "fetched", hosts,
                         f"{len(files)} files" + (f" at {commit[:12]}" if commit else "")), rels)
 
-    def _hf(self, ref: Any, model_file: str, pinned: str, endpoint: str) -> tuple[Path, str, str]:
+    def _hf(self, ref: Any, model_file: str, pinned: str, endpoint: str,
+            token_file: str) -> tuple[Path, str, str]:
         hub = _hf_module()
+        token = _token(token_file)
         try:
             commit, _files = hub.list_files(endpoint.rstrip("/"), ref.repo,
-                                            ref.revision or "main", "")
+                                            ref.revision or "main", token)
             dest = paths.cache_dir() / "bundle" / "hf" / ref.slug / commit
             _changed, commit, chosen = hub.download(endpoint, ref.repo, commit, str(dest),
-                                                    [model_file], pinned, "")
+                                                    [model_file], pinned, token)
         except hub.DownloadError as exc:
             raise _HfUnavailable(f"the Hub is not reachable from here or refused: {exc}") from None
         local = dest / chosen[0]["path"]
         return local, sha256_file(local), commit
 
-    def _hf_snapshot(self, ref: Any, endpoint: str) -> tuple[Path, list[dict[str, Any]], str]:
+    def _hf_snapshot(self, ref: Any, endpoint: str,
+                     token_file: str) -> tuple[Path, list[dict[str, Any]], str]:
         """A whole Hugging Face snapshot at the revision's commit (the files an engine loads:
         configs, tokenizer, safetensors), each checked against the Hub's hash as it arrives."""
         hub = _hf_module()
+        token = _token(token_file)
         try:
             commit, _files = hub.list_files(endpoint.rstrip("/"), ref.repo,
-                                            ref.revision or "main", "")
+                                            ref.revision or "main", token)
             dest = paths.cache_dir() / "bundle" / "hf" / ref.slug / commit
             _changed, commit, chosen = hub.download(endpoint, ref.repo, commit, str(dest), [],
-                                                    "", "")
+                                                    "", token)
         except hub.DownloadError as exc:
             raise _HfUnavailable(f"the Hub is not reachable from here or refused: {exc}") from None
         if not chosen:
@@ -412,6 +417,17 @@ class _Builder:
 
 class _HfUnavailable(Exception):
     pass
+
+
+def _token(token_file: str) -> str:
+    """The Hugging Face token of vllama_hf_token_file ('' without one); never printed."""
+    if not token_file:
+        return ""
+    try:
+        return Path(token_file).read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise _HfUnavailable(f"cannot read vllama_hf_token_file {token_file}: "
+                             f"{exc.strerror}") from None
 
 
 def _hf_module() -> Any:
@@ -523,8 +539,11 @@ def _collect(builder: _Builder, hosts: list[_Host]) -> None:
             mkey = model_key(inst.model["raw"], inst.model_file)
             entry = models.setdefault(mkey, {"raw": inst.model["raw"], "file": inst.model_file,
                                              "sha256": inst.model_sha256, "hosts": [],
-                                             "endpoint": host.spec.var("vllama_hf_endpoint")})
+                                             "endpoint": host.spec.var("vllama_hf_endpoint"),
+                                             "token_file": ""})
             entry["hosts"].append(host.spec.name)
+            entry["token_file"] = (entry["token_file"]
+                                   or host.spec.var("vllama_hf_token_file") or "")
             record["models"].append(mkey)
         if target.family != "brew":
             entry = apt.setdefault(target.apt_name, {"target": target, "hosts": [],
@@ -544,7 +563,7 @@ def _collect(builder: _Builder, hosts: list[_Host]) -> None:
                     entry["hosts"])
     for _mkey, entry in sorted(models.items()):
         builder.model(entry["raw"], entry["file"], entry["sha256"], entry["hosts"],
-                      entry["endpoint"])
+                      entry["endpoint"], entry["token_file"])
     for image, entry in sorted(images.items()):
         builder.image(image, entry["hosts"], entry["archive"])
     for name, record in builder.manifest.hosts.items():

@@ -93,7 +93,8 @@ def _get(url, token, timeout=60):
     try:
         return urllib.request.urlopen(request, timeout=timeout)
     except urllib.error.HTTPError as exc:
-        hint = " (gated or private: set a token)" if exc.code in (401, 403) else ""
+        hint = (" (gated or private: set vllama_hf_token_file to a file holding a token)"
+                if exc.code in (401, 403) else "")
         raise DownloadError(f"{url}: HTTP {exc.code}{hint}") from None
     except (urllib.error.URLError, OSError) as exc:
         raise DownloadError(f"{url}: {exc}") from None
