@@ -581,3 +581,29 @@ def test_a_gated_snapshot_is_bundled_with_the_token_file_and_the_token_never_sho
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "host gated1, vllama_hf_token_file:" in proc.stderr
     assert "is readable by other users" in proc.stderr and f"chmod 600 {token}" in proc.stderr
+
+
+def test_a_named_file_of_a_hub_repository_is_bundled_pinned_to_its_commit(
+        tmp_path: Path) -> None:
+    from stand_in_hub import COMMIT, StandInHub, serve
+
+    data = b"GGUF" + bytes(range(256)) * 8
+    state = StandInHub({"org/tiny-gguf": (COMMIT, {"q4.gguf": data, "q8.gguf": data * 2})})
+    for endpoint in serve(state):
+        inv = {"all": {"hosts": {"mac1": {
+            "ansible_host": "198.51.100.8", "vllama_platform": "macos-arm64",
+            "vllama_os": "macos", "vllama_arch": "arm64", "vllama_python": "3.11",
+            "vllama_hf_endpoint": endpoint, "vllama_instances": [
+                {"name": "m", "engine": "llamacpp", "model": "org/tiny-gguf",
+                 "model_file": "q4.gguf"}]}}}}
+        path = tmp_path / "inv.yml"
+        path.write_text(yaml.safe_dump(inv))
+        proc = _cli(["bundle", str(path), "--out", str(tmp_path / "b")], tmp_path,
+                    offline=False)
+        assert proc.returncode == 1, proc.stderr  # Homebrew is not bundled
+    assert state.downloads == ["q4.gguf"], "only the named file is fetched"
+    manifest = Manifest.loads((tmp_path / "b" / "manifest.json").read_bytes())
+    entry = manifest.models["org/tiny-gguf|q4.gguf"]
+    digest = hashlib.sha256(data).hexdigest()
+    assert (entry["path"], entry["sha256"], entry["commit"]) == (
+        f"models/{digest}/q4.gguf", digest, COMMIT)

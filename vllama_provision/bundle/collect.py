@@ -297,8 +297,10 @@ class _Builder:
         self._item(Item("model", key, "fetched", hosts,
                         f"{len(files)} files" + (f" at {commit[:12]}" if commit else "")), rels)
 
-    def _hf(self, ref: Any, model_file: str, pinned: str, endpoint: str,
-            token_file: str) -> tuple[Path, str, str]:
+    def _hf_fetch(self, ref: Any, endpoint: str, token_file: str, wanted: list[str],
+                  pinned: str) -> tuple[Path, str, list[dict[str, Any]]]:
+        """Resolve the revision to its commit and download ``wanted`` (or, empty, the files an
+        engine loads) into the cache, each checked against the Hub's hash as it arrives."""
         hub = _hf_module()
         token = _token(token_file)
         try:
@@ -306,26 +308,22 @@ class _Builder:
                                             ref.revision or "main", token)
             dest = paths.cache_dir() / "bundle" / "hf" / ref.slug / commit
             _changed, commit, chosen = hub.download(endpoint, ref.repo, commit, str(dest),
-                                                    [model_file], pinned, token)
+                                                    wanted, pinned, token)
         except hub.DownloadError as exc:
             raise _HfUnavailable(f"the Hub is not reachable from here or refused: {exc}") from None
+        return dest, commit, chosen
+
+    def _hf(self, ref: Any, model_file: str, pinned: str, endpoint: str,
+            token_file: str) -> tuple[Path, str, str]:
+        dest, commit, chosen = self._hf_fetch(ref, endpoint, token_file, [model_file], pinned)
         local = dest / chosen[0]["path"]
         return local, sha256_file(local), commit
 
     def _hf_snapshot(self, ref: Any, endpoint: str,
                      token_file: str) -> tuple[Path, list[dict[str, Any]], str]:
-        """A whole Hugging Face snapshot at the revision's commit (the files an engine loads:
-        configs, tokenizer, safetensors), each checked against the Hub's hash as it arrives."""
-        hub = _hf_module()
-        token = _token(token_file)
-        try:
-            commit, _files = hub.list_files(endpoint.rstrip("/"), ref.repo,
-                                            ref.revision or "main", token)
-            dest = paths.cache_dir() / "bundle" / "hf" / ref.slug / commit
-            _changed, commit, chosen = hub.download(endpoint, ref.repo, commit, str(dest), [],
-                                                    "", token)
-        except hub.DownloadError as exc:
-            raise _HfUnavailable(f"the Hub is not reachable from here or refused: {exc}") from None
+        """A whole Hugging Face snapshot at the revision's commit (configs, tokenizer,
+        safetensors)."""
+        dest, commit, chosen = self._hf_fetch(ref, endpoint, token_file, [], "")
         if not chosen:
             raise _HfUnavailable(f"{ref.repo}@{commit} has no model files (configs, tokenizer, "
                                  "safetensors)")
