@@ -36,7 +36,13 @@ from vllama_provision.bundle.targets import Target, target_for
 from vllama_provision.errors import BundleError, BundleSignatureError, UsageError, VllamaError
 from vllama_provision.inventory import HostSpec, load_inventory
 from vllama_provision.modelref import parse_model
-from vllama_provision.models import cached_sha256, fetch_pypi, tree_digest, tree_files
+from vllama_provision.models import (
+    cached_sha256,
+    controller_content,
+    fetch_pypi,
+    tree_digest,
+    tree_files,
+)
 from vllama_provision.planner import EngineOverride, HostPlan, plan_host
 
 
@@ -129,11 +135,20 @@ class _Builder:
                 return None
         return entry
 
-    def _keep(self, entry: dict[str, Any]) -> None:
+    def _reused(self, section: str, kind: str, name: str, recipe: dict[str, Any],
+                hosts: list[str]) -> bool:
+        """Take the previous bundle's item when it is reusable (its files are kept as they are);
+        False when it must be collected."""
+        entry = self._reusable(section, name, recipe)
+        if entry is None:
+            return False
         assert self.previous is not None
         for rel in entry.get("files") or []:
             known = self.previous.files[rel]
             self.wanted[rel] = _Wanted(self.out / rel, known["sha256"], known["size"])
+        getattr(self.manifest, section)[name] = entry
+        self._item(Item(kind, name, "reused", hosts), entry["files"])
+        return True
 
     def _want(self, rel: str, source: Path, sha256: str = "") -> None:
         self.wanted[rel] = _Wanted(source, sha256 or sha256_file(source),
@@ -154,11 +169,7 @@ class _Builder:
         recipe = {"requirement": requirement, "os": target.os, "arch": target.arch,
                   "python": target.python, "key": name}
         folder = f"wheels/{name}"
-        entry = self._reusable("wheel_sets", name, recipe)
-        if entry is not None:
-            self._keep(entry)
-            self.manifest.wheel_sets[name] = entry
-            self._item(Item("wheels", name, "reused", hosts), entry["files"])
+        if self._reused("wheel_sets", "wheels", name, recipe, hosts):
             return
         log = paths.cache_dir() / "wheelhouse" / f"{name}.log"
         try:
@@ -187,11 +198,7 @@ class _Builder:
     def apt(self, target: Target, packages: list[str], hosts: list[str]) -> None:
         name = target.apt_name
         recipe = {"target": name, "packages": sorted(packages)}
-        entry = self._reusable("apt", name, recipe)
-        if entry is not None:
-            self._keep(entry)
-            self.manifest.apt[name] = entry
-            self._item(Item("apt", name, "reused", hosts), entry["files"])
+        if self._reused("apt", "apt", name, recipe, hosts):
             return
         why = aptrepo.cannot_fetch(target)
         if why:
@@ -225,16 +232,11 @@ class _Builder:
         key = model_key(raw, model_file)
         recipe: dict[str, Any] = {"model": raw, "model_file": model_file, "model_sha256": pinned}
         ref = parse_model(raw)
-        local = Path(ref.path) / model_file if ref.kind == "path" and model_file else None
+        local = None
         if ref.kind == "path":  # a controller file or folder may change under the same name
-            local = local or Path(ref.path)
-            recipe["content"] = (sha256_file(local) if local.is_file() else
-                                 tree_digest(tree_files(local)) if local.is_dir() else "")
-        entry = self._reusable("models", key, recipe)
-        if entry is not None:
-            self._keep(entry)
-            self.manifest.models[key] = entry
-            self._item(Item("model", key, "reused", hosts), entry["files"])
+            local = Path(ref.path) / model_file if model_file else Path(ref.path)
+            recipe["content"] = controller_content(ref, model_file)
+        if self._reused("models", "model", key, recipe, hosts):
             return
         try:
             if ref.kind == "pypi":
@@ -340,11 +342,7 @@ class _Builder:
             local = Path(archive)
             digest = cached_sha256(local)
             recipe = {"image": image, "archive_sha256": digest}
-            entry = self._reusable("images", image, recipe)
-            if entry is not None:
-                self._keep(entry)
-                self.manifest.images[image] = entry
-                self._item(Item("image", image, "reused", hosts), entry["files"])
+            if self._reused("images", "image", image, recipe, hosts):
                 return
             rel = f"images/{digest}/{local.name}"
             self._want(rel, local, digest)
