@@ -212,31 +212,29 @@ def render(inventory: Path, out: Path, limit: str | None, json_out: str | None,
         for target in write_rendered(files, out):
             click.echo(f"{host.name}: {target}", err=to_stderr)
         if validate:
-            problems = _validate_rendered(files)
+            problems = _validate_rendered(files, host_plan.instances)
             if problems:
                 entry.status = "failed"
                 entry.error = "; ".join(problems)
                 click.echo(click.style(f"{host.name}: invalid: {entry.error}", fg="red"),
                            err=True)
+            else:
+                click.echo(f"{host.name}: {len(files)} file(s) valid", err=to_stderr)
         entry.add_planned(host_plan.instances)
     if json_out:
         report.write_json(json_out)
     sys.exit(report.exit_code)
 
 
-def _validate_rendered(files: list[Any]) -> list[str]:
-    from vllama_provision import validators
+def _validate_rendered(files: list[Any], instances: list[Any]) -> list[str]:
+    """Every rendered file through the validator the planner named for it."""
+    from vllama_provision.validators import validate_file
 
+    by_name = {instance.name: instance for instance in instances}
     problems: list[str] = []
     for item in files:
-        if item.validator == "systemd":
-            found = validators.verify_systemd_unit(item.content, name=Path(item.dest).name)
-        elif item.validator == "compose":
-            found = validators.verify_compose(item.content)
-        elif item.validator == "plist":
-            found = validators.verify_plist(item.content)
-        else:
-            found = []
+        found = validate_file(item.validator, item.content, dest=item.dest,
+                              instance=by_name.get(item.instance))
         problems += [f"{item.dest}: {p}" for p in found]
     return problems
 

@@ -31,7 +31,7 @@ import shutil
 import subprocess
 import tempfile
 import xml.parsers.expat
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -585,17 +585,41 @@ def host_programs(instance: InstancePlan) -> list[str]:
     return [f"{instance.paths['current']}/engine/bin/python", "/usr/bin/docker"]
 
 
+def _validate_unit(content: str, dest: str, instance: InstancePlan | None) -> list[str]:
+    return verify_systemd_unit(content, unit_name=Path(dest).name,
+                               host_executables=host_programs(instance) if instance else (),
+                               host_units=["docker.service"])
+
+
+def _validate_env(content: str, dest: str, instance: InstancePlan | None) -> list[str]:
+    if instance is None:
+        env, problems = parse_env_file(content)
+        if ENGINE_ARGS_VAR not in env:
+            problems.append(f"{ENGINE_ARGS_VAR} is not set")
+        return problems
+    return verify_env_file(content, instance.argv, instance.env)
+
+
+# The planner names a validator for every rendered file (``RenderedFile.validator``); this table
+# is the one place that says which function checks it (render --validate, the render tier and
+# the role's pre-switch checks all go through ``validate_file``).
+VALIDATORS: dict[str, Callable[[str, str, InstancePlan | None], list[str]]] = {
+    "systemd": _validate_unit,
+    "compose": lambda content, _dest, _instance: verify_compose(content),
+    "plist": lambda content, _dest, _instance: verify_plist(content),
+    "env": _validate_env,
+}
+
+
 def validate_file(validator: str, content: str, *, dest: str,
-                  instance: InstancePlan) -> list[str]:
-    """Run the validator the planner named for a rendered file (``RenderedFile.validator``)."""
-    if validator == "systemd":
-        return verify_systemd_unit(content, unit_name=Path(dest).name,
-                                   host_executables=host_programs(instance),
-                                   host_units=["docker.service"])
-    if validator == "compose":
-        return verify_compose(content)
-    if validator == "plist":
-        return verify_plist(content)
-    if validator == "env":
-        return verify_env_file(content, instance.argv, instance.env)
-    raise ValueError(f"unknown validator {validator!r} for {dest}")
+                  instance: InstancePlan | None = None) -> list[str]:
+    """Run the validator the planner named for a rendered file (``RenderedFile.validator``).
+
+    With ``instance`` (its plan), programs the role installs on the host count as present and
+    an env file's argv must read back as the instance's; without it those checks are left out.
+    """
+    check = VALIDATORS.get(validator)
+    if check is None:
+        raise ValueError(f"unknown validator {validator!r} for {dest}; known: "
+                         f"{', '.join(sorted(VALIDATORS))}")
+    return check(content, dest, instance)

@@ -1,0 +1,53 @@
+"""`render --validate` as a user runs it: the example fleet and the demo's inventory.
+
+Before the validators had one dispatch (validators.VALIDATORS), `render --validate` called the
+unit validator with a keyword it does not take and crashed with a traceback.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from vllama_provision import validators
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _render(inventory: str, out: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "vllama_provision.cli", "render",
+                           str(ROOT / inventory), "--out", str(out), "--validate"],
+                          capture_output=True, text=True, check=False, cwd=ROOT)
+
+
+@pytest.mark.parametrize(("inventory", "hosts"), [
+    ("inventory/lab.yml", {"gpu-01": 2, "gpu-02": 4, "mac-studio": 1}),
+    ("inventory/local.yml", {"default-1": 2}),
+])
+def test_render_validate_checks_every_file(tmp_path: Path, inventory: str,
+                                           hosts: dict[str, int]) -> None:
+    result = _render(inventory, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    for host, count in hosts.items():
+        assert f"{host}: {count} file(s) valid" in result.stdout + result.stderr
+        written = [p for p in (tmp_path / host).rglob("*") if p.is_file()]
+        assert len(written) == count, written
+
+
+def test_every_validator_the_planner_names_is_dispatched() -> None:
+    assert set(validators.VALIDATORS) == {"systemd", "compose", "plist", "env"}
+    with pytest.raises(ValueError, match="unknown validator 'ini'.*known: compose, env"):
+        validators.validate_file("ini", "", dest="/etc/x.ini")
+
+
+def test_validate_file_reports_a_broken_unit_without_an_instance() -> None:
+    unit = "[Service]\nType=exec\nExecStart=/usr/bin/true\nProtectSystem=very\n"
+    problems = validators.validate_file("systemd", unit, dest="/etc/systemd/system/x.service")
+    assert problems == ["/etc/systemd/system/x.service:4: Failed to parse protect system value, "
+                        "ignoring: very"]
+    assert validators.validate_file("env", "A=1\n", dest="/x/engine.env") == [
+        "VLLAMA_ENGINE_ARGS is not set"]
