@@ -6,65 +6,31 @@ Errors are exception types (vllama_provision.errors) turned into messages here; 
 
 from __future__ import annotations
 
-import difflib
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar
 
 import click
 
 from vllama_provision import __version__, paths, schema
 from vllama_provision.bundle.options import bundle_extravars, bundle_options
+from vllama_provision.cli_common import (
+    HelpGroup,
+    apply_like,
+    batch_options,
+    change_options,
+    finish,
+    inventory_argument,
+    json_option,
+    limit_option,
+    verbose_option,
+)
 from vllama_provision.errors import EXIT_BAD_INPUT, InventoryError, UsageError, VllamaError
-from vllama_provision.fleet_cli import batch_opts
 from vllama_provision.report import Report
 
-F = TypeVar("F", bound=Callable[..., Any])
 
-
-def _inventory_arg(func: F) -> F:
-    return click.argument("inventory", type=click.Path(dir_okay=False, path_type=Path))(func)
-
-
-def _limit_opt(func: F) -> F:
-    return click.option("--limit", "-l", metavar="PATTERN",
-                        help="Only these hosts (an Ansible host pattern).")(func)
-
-
-def _json_opt(func: F) -> F:
-    return click.option("--json", "json_out", metavar="FILE",
-                        help="Also write the report as JSON to FILE ('-' for stdout).")(func)
-
-
-def _change_opts(func: F) -> F:
-    func = click.option("--break-lock", is_flag=True,
-                        help="Replace a host lock held by a run that is gone (another "
-                             "controller's, or one this tool cannot check).")(func)
-    func = click.option("--check", is_flag=True,
-                        help="Dry run: report what would change, change nothing.")(func)
-    func = click.option("--diff", is_flag=True, help="Show the differences in changed files.")(
-        func)
-    return click.option("-v", "--verbose", count=True,
-                        help="Ansible verbosity (-v to -vvvv); secrets stay hidden.")(func)
-
-
-def _finish(report: Report, json_out: str | None, table: bool = True) -> None:
-    if json_out:
-        report.write_json(json_out)
-    if table and json_out != "-":
-        click.echo(report.table())
-        for host, entry in sorted(report.hosts.items()):
-            for note in entry.notes:
-                click.echo(f"{host}: note: {note}")
-            for inst in entry.instances:
-                if inst.answer:
-                    click.echo(f"{host}/{inst.name} answered: {inst.answer}")
-    sys.exit(report.exit_code)
-
-
-class _Commands(click.Group):
-    """The command group; `lab` is imported only when it is used (it is large)."""
+class _Commands(HelpGroup):
+    """The command group; the larger command modules are imported only when used."""
 
     lazy: ClassVar[dict[str, tuple[str, str]]] = {
         "lab": ("vllama_provision.lab.cli", "lab"),
@@ -73,17 +39,6 @@ class _Commands(click.Group):
         "rollback": ("vllama_provision.fleet_cli", "rollback"),
         "status": ("vllama_provision.fleet_cli", "status"),
     }
-
-    def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted([*super().list_commands(ctx), *self.lazy])
-
-    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        if cmd_name in self.lazy:
-            import importlib
-
-            module, attr = self.lazy[cmd_name]
-            return getattr(importlib.import_module(module), attr)
-        return super().get_command(ctx, cmd_name)
 
 
 @click.group(cls=_Commands,
@@ -101,9 +56,9 @@ def cli() -> None:
 
 
 @cli.command()
-@_inventory_arg
-@_limit_opt
-@_json_opt
+@inventory_argument
+@limit_option
+@json_option
 @click.option("--diff", is_flag=True,
               help="Also contact the hosts read-only and show how their files would change.")
 @click.option("--engine", "engine", type=click.Choice(["llamacpp", "vllm"]),
@@ -137,7 +92,7 @@ def plan(inventory: Path, limit: str | None, json_out: str | None, diff: bool,
         entry.error = "; ".join(refusals) or None
         entry.add_planned(host_plan.instances)
     if diff:
-        _apply_like("plan", inventory, limit, check=True, diff=True, verbose=0, json_out=None,
+        apply_like("plan", inventory, limit, check=True, diff=True, verbose=0, json_out=None,
                     tags=["vllama_preflight", "vllama_configure"], exit=False,
                     extravars={"vllama_engine_override": {"engine": engine, "version": version}}
                     if override else None)
@@ -177,11 +132,11 @@ def _print_plan(host_plan: Any, err: bool = False) -> None:
 
 
 @cli.command()
-@_inventory_arg
+@inventory_argument
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Folder to write OUT/HOST/<path on the host> into.")
-@_limit_opt
-@_json_opt
+@limit_option
+@json_option
 @click.option("--validate", is_flag=True,
               help="Check every file with its real validator (systemd-analyze, compose, "
                    "plistlib).")
@@ -242,82 +197,12 @@ def _validate_rendered(files: list[Any], instances: list[Any]) -> list[str]:
 # --------------------------------------------------------------------------- apply/verify ---
 
 
-def _apply_like(command: str, inventory: Path, limit: str | None, *, check: bool, diff: bool,
-                verbose: int, json_out: str | None, tags: list[str] | None = None,
-                playbook: str = "site.yml", exit: bool = True,
-                break_lock: bool = False, extravars: dict[str, Any] | None = None) -> Report:
-    from vllama_provision.inventory import load_inventory
-    from vllama_provision.runner import Progress, RunRequest, run_playbook
-
-    load_inventory(inventory, limit)  # bad input never reaches a host
-    request = RunRequest(playbook=playbook, inventory=inventory, command=command, limit=limit,
-                         check=check, diff=diff, verbosity=verbose, tags=tags or [],
-                         break_lock=break_lock, extravars=extravars or {})
-    mode = " (check mode: nothing is changed)" if check else ""
-    click.echo(f"{command}: {inventory}{mode}", err=True)
-    result = run_playbook(request, progress=Progress(), on_event=_diff_printer(diff))
-    report = result.report
-    if not check:
-        _controller_checks(report, result.plans)
-    if exit:
-        _finish(report, json_out)
-    return report
-
-
-def _diff_printer(enabled: bool) -> Callable[[dict[str, Any]], None] | None:
-    if not enabled:
-        return None
-
-    def show(event: dict[str, Any]) -> None:
-        data = event.get("event_data") or {}
-        res = data.get("res") or {}
-        diffs = res.get("diff")
-        if event.get("event") != "runner_on_ok" or not diffs:
-            for item in res.get("results") or []:
-                if isinstance(item, dict) and item.get("diff"):
-                    _echo_diff(data.get("host", ""), item["diff"])
-            return
-        _echo_diff(data.get("host", ""), diffs)
-
-    return show
-
-
-def _echo_diff(host: str, diffs: Any) -> None:
-    for diff in diffs if isinstance(diffs, list) else [diffs]:
-        before, after = diff.get("before"), diff.get("after")
-        if not isinstance(before, str) or not isinstance(after, str) or before == after:
-            continue
-        lines = difflib.unified_diff(
-            before.splitlines(keepends=True), after.splitlines(keepends=True),
-            fromfile=f"{host}:{diff.get('before_header', 'before')}",
-            tofile=f"{host}:{diff.get('after_header', 'after')}")
-        click.echo("".join(lines), err=True)
-
-
-def _controller_checks(report: Report, plans: dict[str, dict[str, Any]]) -> None:
-    """Repeat verification from the controller for every instance the host verified."""
-    from vllama_provision.verify import verify_from_controller
-
-    for host, plan in sorted(plans.items()):
-        entry = report.host(host)
-        for inst in plan.get("instances") or []:
-            item = entry.instance(inst["name"])
-            if not item.verified:
-                continue
-            check = verify_from_controller(host, inst, "What is the capital of France?")
-            if check.verified:
-                item.verified_from = sorted({*item.verified_from, "controller"})
-            else:
-                click.echo(f"  {host} {inst['name']}: not verified from the controller: "
-                           f"{check.detail}", err=True)
-
-
 @cli.command()
-@_inventory_arg
-@_limit_opt
-@_json_opt
-@_change_opts
-@batch_opts
+@inventory_argument
+@limit_option
+@json_option
+@change_options
+@batch_options
 @click.option("--allow-downgrade", is_flag=True,
               help="Allow an engine_version older than what a host runs.")
 @bundle_options
@@ -335,24 +220,24 @@ def apply(inventory: Path, limit: str | None, json_out: str | None, check: bool,
     extravars = {"vllama_allow_downgrade": True} if allow_downgrade else {}
     extravars.update(bundle_extravars(bundle, bundle_key, inventory, limit))
     if (batch or max_fail) and not check:
-        from vllama_provision.fleet_cli import finish, rollout_cmd, target_hosts
+        from vllama_provision.fleet_cli import rollout_cmd, target_hosts
 
         names, _hosts = target_hosts(inventory, limit)
         finish(rollout_cmd("apply", inventory, names, batch=batch, max_fail=max_fail,
                            extravars=extravars, verbose=verbose, break_lock=break_lock),
                json_out)
-    _apply_like("apply", inventory, limit, check=check, diff=diff, verbose=verbose,
+    apply_like("apply", inventory, limit, check=check, diff=diff, verbose=verbose,
                 json_out=json_out, break_lock=break_lock, extravars=extravars)
 
 
 @cli.command()
-@_inventory_arg
-@_limit_opt
-@_json_opt
-@click.option("-v", "--verbose", count=True, help="Ansible verbosity.")
+@inventory_argument
+@limit_option
+@json_option
+@verbose_option
 def verify(inventory: Path, limit: str | None, json_out: str | None, verbose: int) -> None:
     """Verify every endpoint for real, on each host and from here when reachable."""
-    _apply_like("verify", inventory, limit, check=False, diff=False, verbose=verbose,
+    apply_like("verify", inventory, limit, check=False, diff=False, verbose=verbose,
                 json_out=json_out, playbook="verify.yml")
 
 
@@ -360,9 +245,9 @@ def verify(inventory: Path, limit: str | None, json_out: str | None, verbose: in
 
 
 @cli.command()
-@_inventory_arg
-@_limit_opt
-@_json_opt
+@inventory_argument
+@limit_option
+@json_option
 @click.option("--save", is_flag=True, help="Cache the facts for `plan` and `render`.")
 def facts(inventory: Path, limit: str | None, json_out: str | None, save: bool) -> None:
     """Gather each host's platform and GPU facts (read-only)."""
@@ -389,13 +274,17 @@ def facts(inventory: Path, limit: str | None, json_out: str | None, save: bool) 
                    f"{plat['memory_bytes'] / 2**30:.1f} GiB; {gpus}", err=json_out == "-")
         if save:
             click.echo(f"  saved {fact_cache.save(inventory, host, data)}", err=json_out == "-")
-    _finish(result.report, json_out, table=False)
+    for host, entry in sorted(result.report.hosts.items()):
+        if entry.status in ("failed", "unreachable", "refused"):
+            click.echo(click.style(f"{host}: {entry.status}: {entry.error or entry.failed_task}",
+                                   fg="red"), err=True)
+    finish(result.report, json_out, table=False)
 
 
 # ---------------------------------------------------------------------------------- keys ---
 
 
-@cli.group()
+@cli.group(cls=HelpGroup)
 def key() -> None:
     """API keys: the controller keeps a private (0600) copy of each instance's key."""
 
@@ -415,10 +304,10 @@ def key_show(host: str, instance: str) -> None:
 
 
 @key.command("rotate")
-@_inventory_arg
+@inventory_argument
 @click.argument("host")
 @click.argument("instance")
-@_json_opt
+@json_option
 def key_rotate(inventory: Path, host: str, instance: str, json_out: str | None) -> None:
     """Give HOST's INSTANCE a new random key, restart it and verify it with the new key."""
     from vllama_provision.inventory import load_inventory
@@ -427,14 +316,14 @@ def key_rotate(inventory: Path, host: str, instance: str, json_out: str | None) 
     names = [i["name"] for h in inv for i in h.instances]
     if instance not in names:
         raise UsageError(f"{host} has no instance {instance!r}; it has: {', '.join(names)}")
-    _apply_like("key rotate", inventory, host, check=False, diff=False, verbose=0,
+    apply_like("key rotate", inventory, host, check=False, diff=False, verbose=0,
                 json_out=json_out, extravars={"vllama_rotate_keys": [instance]})
 
 
 # ---------------------------------------------------------------------------- wheelhouse ---
 
 
-@cli.group()
+@cli.group(cls=HelpGroup)
 def wheelhouse() -> None:
     """Compiled engine wheels, built once per key and installed on every host from here."""
 

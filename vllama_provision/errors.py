@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 EXIT_OK = 0
@@ -81,3 +83,9 @@ class BundleSignatureError(VllamaError):
     """A bundle's manifest is unsigned, or its signature does not verify: no host is touched."""
 
     exit_code = EXIT_BAD_INPUT
+
+
+def suggest(name: str, known: Sequence[str]) -> str:
+    """The closest known name to a misspelt one, or ''."""
+    match = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
+    return match[0] if match else ""

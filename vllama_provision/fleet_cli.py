@@ -8,30 +8,27 @@ transaction, stopping once more hosts failed than ``--max-fail`` allows.
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 
 from vllama_provision.bundle.options import bundle_extravars, bundle_options
+from vllama_provision.cli_common import (
+    apply_like,
+    batch_options,
+    break_lock_option,
+    controller_checks,
+    finish,
+    inventory_argument,
+    json_option,
+    limit_option,
+    verbose_option,
+)
 from vllama_provision.errors import UsageError
 from vllama_provision.report import Report
 
-F = TypeVar("F", bound=Callable[..., Any])
-
 ENGINES = ("llamacpp", "vllm")
-
-
-def batch_opts(func: F) -> F:
-    """--batch and --max-fail, shared by apply, upgrade and rollback."""
-    func = click.option("--max-fail", "max_fail", type=click.IntRange(min=0), default=0,
-                        show_default=True,
-                        help="Failed hosts tolerated before the rollout stops; hosts not yet "
-                             "switched then stay untouched.")(func)
-    return click.option("--batch", "batch", metavar="N|N%",
-                        help="Hosts switched at a time (a number or a percentage of the "
-                             "hosts).")(func)
 
 
 def target_hosts(inventory: Path, limit: str | None,
@@ -54,13 +51,6 @@ def target_hosts(inventory: Path, limit: str | None,
     return [h.name for h in chosen], chosen
 
 
-def finish(report: Report, json_out: str | None) -> None:
-    """Print the report (and write --json), then exit with its code."""
-    from vllama_provision.cli import _finish
-
-    _finish(report, json_out)
-
-
 def rollout_cmd(command: str, inventory: Path, hosts: list[str], *, batch: str | None,
                 max_fail: int, extravars: dict[str, Any], prepare: bool = True,
                 prepare_only: bool = False, require_artifacts: bool = False, verbose: int = 0,
@@ -77,20 +67,18 @@ def rollout_cmd(command: str, inventory: Path, hosts: list[str], *, batch: str |
         command=command, inventory=inventory, hosts=hosts, batch=batch, max_fail=max_fail,
         extravars=extravars, prepare=prepare, prepare_only=prepare_only,
         require_artifacts=require_artifacts, verbose=verbose, break_lock=break_lock))
-    from vllama_provision.cli import _controller_checks
-
-    _controller_checks(result.report, {h: p for h, p in result.plans.items()
+    controller_checks(result.report, {h: p for h, p in result.plans.items()
                                        if h in result.switched})
     return result.report
 
 
 @click.command()
-@click.argument("inventory", type=click.Path(dir_okay=False, path_type=Path))
+@inventory_argument
 @click.option("--engine", "engine", required=True, type=click.Choice(ENGINES),
               help="The engine to upgrade.")
 @click.option("--version", "version", required=True, help="The engine version to roll out.")
-@click.option("--limit", "-l", metavar="PATTERN", help="Only these hosts (an Ansible pattern).")
-@batch_opts
+@limit_option
+@batch_options
 @click.option("--prepare-only", is_flag=True,
               help="Stop after preparing the new releases on every host (nothing switches).")
 @click.option("--allow-downgrade", is_flag=True, help="Allow VERSION to be older than what a "
@@ -98,10 +86,9 @@ def rollout_cmd(command: str, inventory: Path, hosts: list[str], *, batch: str |
 @click.option("--write-inventory", is_flag=True,
               help="After a complete rollout, set engine_version to VERSION in the inventory.")
 @click.option("--check", is_flag=True, help="Dry run: show what each host would switch to.")
-@click.option("--break-lock", is_flag=True, help="Replace a host lock held by a run that is "
-              "gone.")
-@click.option("--json", "json_out", metavar="FILE", help="Also write the report as JSON.")
-@click.option("-v", "--verbose", count=True, help="Ansible verbosity.")
+@break_lock_option
+@json_option
+@verbose_option
 @bundle_options
 def upgrade(inventory: Path, engine: str, version: str, limit: str | None, batch: str | None,
             max_fail: int, prepare_only: bool, allow_downgrade: bool, write_inventory: bool,
@@ -122,9 +109,7 @@ def upgrade(inventory: Path, engine: str, version: str, limit: str | None, batch
     names, hosts = target_hosts(inventory, limit, engine)
     extravars.update(bundle_extravars(bundle, bundle_key, inventory, limit))
     if check:
-        from vllama_provision.cli import _apply_like
-
-        report = _apply_like("upgrade", inventory, ",".join(names), check=True, diff=False,
+        report = apply_like("upgrade", inventory, ",".join(names), check=True, diff=False,
                              verbose=verbose, json_out=None, extravars=extravars, exit=False)
         finish(report, json_out)
     report = rollout_cmd("upgrade", inventory, names, batch=batch, max_fail=max_fail,
@@ -158,17 +143,16 @@ def _inventory_edit(inventory: Path, hosts: list[Any], engine: str, version: str
 
 
 @click.command()
-@click.argument("inventory", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--limit", "-l", metavar="PATTERN", help="Only these hosts (an Ansible pattern).")
+@inventory_argument
+@limit_option
 @click.option("--to", "to", metavar="RELEASE",
               help="Switch to this release instead of the previous one: an id, a unique "
                    "prefix, or an engine version (release ids differ between hosts, so a "
                    "fleet-wide --to names a version). A newer release rolls forward.")
-@batch_opts
-@click.option("--break-lock", is_flag=True, help="Replace a host lock held by a run that is "
-              "gone.")
-@click.option("--json", "json_out", metavar="FILE", help="Also write the report as JSON.")
-@click.option("-v", "--verbose", count=True, help="Ansible verbosity.")
+@batch_options
+@break_lock_option
+@json_option
+@verbose_option
 def rollback(inventory: Path, limit: str | None, to: str | None, batch: str | None,
              max_fail: int, break_lock: bool, json_out: str | None, verbose: int) -> None:
     """Switch every instance back to its previous release (or to --to RELEASE).
@@ -185,23 +169,19 @@ def rollback(inventory: Path, limit: str | None, to: str | None, batch: str | No
 
 
 @click.command()
-@click.argument("inventory", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--limit", "-l", metavar="PATTERN", help="Only these hosts (an Ansible pattern).")
-@click.option("--json", "json_out", metavar="FILE", help="Also write the status as JSON.")
+@inventory_argument
+@limit_option
+@json_option
 def status(inventory: Path, limit: str | None, json_out: str | None) -> None:
     """What each host runs now: releases, engine, service, endpoint health, lock (read-only)."""
+    from vllama_provision.planner import plan_host
     from vllama_provision.status import gather, render
 
-    names, _hosts = target_hosts(inventory, limit)
-    data = gather(inventory, names)
+    names, hosts = target_hosts(inventory, limit)
+    endpoints = {h.name: {i.name: i.endpoint for i in plan_host(h).instances} for h in hosts}
+    report = gather(inventory, names, endpoints)
     if json_out:
-        import json
-
-        text = json.dumps(data, indent=2, sort_keys=True) + "\n"
-        if json_out == "-":
-            sys.stdout.write(text)
-        else:
-            Path(json_out).write_text(text, encoding="utf-8")
+        report.write_json(json_out)
     if json_out != "-":
-        click.echo(render(data))
-    sys.exit(0 if data["summary"]["healthy"] else 1)
+        click.echo(render(report))
+    sys.exit(report.exit_code)

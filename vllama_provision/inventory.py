@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from vllama_provision import schema
-from vllama_provision.errors import InventoryError, Problem, UsageError
+from vllama_provision.errors import InventoryError, Problem, UsageError, suggest
 from vllama_provision.validation import near_miss_host_option, validate_host
 
 _GROUP_KEYS = ("hosts", "vars", "children")
@@ -141,7 +141,7 @@ def _check_structure(path: Path, data: Any) -> list[Problem]:
             if key not in _GROUP_KEYS:
                 problems.append(Problem(f"group {group} has an unknown key", file=file,
                                         variable=str(key), allowed=", ".join(_GROUP_KEYS),
-                                        suggestion=schema.suggest(str(key), _GROUP_KEYS)))
+                                        suggestion=suggest(str(key), _GROUP_KEYS)))
                 continue
             if value is None:
                 continue

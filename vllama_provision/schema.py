@@ -13,13 +13,12 @@ written here once and rendered into the generated descriptions.
 
 from __future__ import annotations
 
-import difflib
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from vllama_provision.errors import Problem
+from vllama_provision.errors import Problem, suggest
 from vllama_provision.zfs import DEFAULT_PROPERTIES as DEFAULT_ZFS_PROPERTIES
 
 _NO_DEFAULT = object()
@@ -233,12 +232,6 @@ def host_defaults() -> dict[str, Any]:
 
 def instance_defaults() -> dict[str, Any]:
     return {o.name: o.default for o in INSTANCE_OPTIONS if o.has_default}
-
-
-def suggest(name: str, known: Sequence[str]) -> str:
-    """The closest known name to a misspelt one, or ''."""
-    match = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
-    return match[0] if match else ""
 
 
 _TYPE_WORDS = {"str": "a string", "int": "an integer", "float": "a number", "bool": "true or false",

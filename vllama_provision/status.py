@@ -17,7 +17,13 @@ from vllama_provision.report import Report
 from vllama_provision.runner import Progress, RunRequest, run_playbook
 
 
-def gather(inventory: Path, hosts: list[str]) -> dict[str, Any]:
+def gather(inventory: Path, hosts: list[str],
+           endpoints: dict[str, dict[str, str]] | None = None) -> Report:
+    """Ask each host (read-only) and return the status in the shared report shape.
+
+    ``endpoints``: HOST -> INSTANCE -> the endpoint URL the inventory gives it (the hosts
+    report their releases, not how clients reach them).
+    """
     releases: dict[str, dict[str, Any]] = {}
     health: dict[str, gpu_health.GpuHealth] = {}
 
@@ -37,80 +43,102 @@ def gather(inventory: Path, hosts: list[str]) -> dict[str, Any]:
     result = run_playbook(RunRequest(playbook="status.yml", inventory=inventory,
                                      command="status", limit=",".join(hosts)),
                           progress=Progress(enabled=False), on_event=on_event)
-    return shape(hosts, releases, health, result.report)
+    return shape(hosts, releases, health, result.report, endpoints)
 
 
 def shape(hosts: list[str], releases: dict[str, dict[str, Any]],
-          health: dict[str, gpu_health.GpuHealth], report: Report) -> dict[str, Any]:
-    """The status document from what the hosts answered (their ``vllama_release`` inspect
-    results and GPU health), in the order of ``hosts``."""
-    out: dict[str, Any] = {}
+          health: dict[str, gpu_health.GpuHealth], answered: Report,
+          endpoints: dict[str, dict[str, str]] | None = None) -> Report:
+    """The status report from what the hosts answered (their ``vllama_release`` inspect results
+    and GPU health), in the order of ``hosts``.
+
+    Shared fields: a host is ``ok`` when healthy, ``failed`` when it answered but is not,
+    ``unreachable`` when it did not answer; an instance's ``release`` is its ``current`` one.
+    Added fields: per host ``reachable``, ``healthy``, ``lock``, ``history``, ``gpu_health``;
+    per instance ``previous``, ``releases``, ``failed_releases``, ``unfinished_switch``,
+    ``stale``, ``service``, ``healthy``, ``health_detail``; in the summary ``hosts``,
+    ``healthy`` (all of them) and ``unhealthy`` (their names).
+    """
+    report = Report(command="status")
     for host in hosts:
-        entry = report.hosts.get(host)
+        entry = report.host(host)
+        before = answered.hosts.get(host)
         res = releases.get(host)
         if res is None:
-            out[host] = {"reachable": False, "healthy": False,
-                         "error": (entry.error if entry else None) or "no answer",
-                         "instances": {}, "lock": None, "history": [], "gpu_health": None}
+            entry.status = "unreachable"
+            entry.error = (before.error if before else None) or "no answer"
+            entry.extra = {"reachable": False, "healthy": False, "lock": None, "history": [],
+                           "gpu_health": None}
             continue
-        instances = {}
+        unhealthy: list[str] = []
         for name, inst in sorted((res.get("instances") or {}).items()):
             current = next((r for r in inst["releases"] if r["id"] == inst["current"]), {})
-            instances[name] = {
-                "current": inst["current"], "previous": inst["previous"],
-                "engine": current.get("engine", ""),
-                "engine_version": current.get("engine_version", ""),
-                "served_name": current.get("served_name", ""),
+            probe = inst.get("endpoint") or {}
+            item = entry.instance(name)
+            item.release = inst["current"] or ""
+            item.engine = current.get("engine", "")
+            item.engine_version = current.get("engine_version", "")
+            item.deploy = current.get("deploy", "")
+            item.served_name = current.get("served_name", "")
+            item.endpoint = (endpoints or {}).get(host, {}).get(name, "")
+            item.extra = {
+                "previous": inst["previous"],
                 "releases": [r["id"] for r in inst["releases"]],
                 "failed_releases": {r["id"]: r["failed"] for r in inst["releases"]
                                     if r.get("failed")},
                 "unfinished_switch": inst.get("pending"),
                 "stale": inst.get("stale", False),
                 "service": inst["active"],
-                "endpoint": inst.get("endpoint") or {},
+                "healthy": bool(probe.get("healthy")),
+                "health_detail": probe.get("detail", ""),
             }
+            if not probe.get("healthy"):
+                unhealthy.append(f"{name}: endpoint down ({probe.get('detail', '')})")
+            if inst.get("pending"):
+                unhealthy.append(f"{name}: unfinished switch")
         gpu = health.get(host)
-        healthy = (bool(instances) and not gpu_health.problems(gpu)
-                   and all(i["endpoint"].get("healthy") and not i["unfinished_switch"]
-                           for i in instances.values()))
-        out[host] = {"reachable": True, "healthy": healthy, "error": None,
-                     "instances": instances, "lock": res.get("lock"),
-                     "history": res.get("history") or [], "gpu_health": gpu}
-    return {"hosts": out,
-            "summary": {"hosts": len(out), "healthy": all(h["healthy"] for h in out.values()),
-                        "unhealthy": sorted(h for h, d in out.items() if not d["healthy"])}}
+        unhealthy += [f"GPU: {p}" for p in gpu_health.problems(gpu)]
+        if not entry.instances:
+            unhealthy.append("no instances deployed")
+        entry.status = "failed" if unhealthy else "ok"
+        entry.error = "; ".join(unhealthy) or None
+        entry.extra = {"reachable": True, "healthy": not unhealthy, "lock": res.get("lock"),
+                       "history": res.get("history") or [], "gpu_health": gpu}
+    bad = sorted(h for h, e in report.hosts.items() if not e.extra["healthy"])
+    report.summary_extra = {"hosts": len(report.hosts), "healthy": not bad, "unhealthy": bad}
+    return report
 
 
-def render(data: dict[str, Any]) -> str:
+def render(report: Report) -> str:
     rows = [("HOST", "INSTANCE", "CURRENT", "PREVIOUS", "ENGINE", "SERVICE", "ENDPOINT")]
     notes = []
-    for host, entry in sorted(data["hosts"].items()):
-        if not entry["reachable"]:
+    for host, entry in sorted(report.hosts.items()):
+        if not entry.extra["reachable"]:
             rows.append((host, "-", "-", "-", "-", "-", "UNREACHABLE"))
-            notes.append(f"{host}: {entry['error']}")
+            notes.append(f"{host}: {entry.error}")
             continue
-        for name, inst in entry["instances"].items():
-            health = inst["endpoint"]
-            rows.append((host, name, inst["current"] or "-", inst["previous"] or "-",
-                         f"{inst['engine']} {inst['engine_version']}".strip() or "-",
-                         inst["service"], "healthy" if health.get("healthy") else
-                         f"DOWN ({health.get('detail', '')})"))
-            for rid, why in inst["failed_releases"].items():
-                notes.append(f"{host}/{name}: release {rid} FAILED: {why}")
-            if inst["unfinished_switch"]:
-                sw = inst["unfinished_switch"]
-                notes.append(f"{host}/{name}: a run switched {sw['from'] or 'nothing'} -> "
+        for inst in entry.instances:
+            extra = inst.extra
+            rows.append((host, inst.name, inst.release or "-", extra["previous"] or "-",
+                         f"{inst.engine} {inst.engine_version}".strip() or "-",
+                         extra["service"], "healthy" if extra["healthy"] else
+                         f"DOWN ({extra['health_detail']})"))
+            for rid, why in extra["failed_releases"].items():
+                notes.append(f"{host}/{inst.name}: release {rid} FAILED: {why}")
+            if extra["unfinished_switch"]:
+                sw = extra["unfinished_switch"]
+                notes.append(f"{host}/{inst.name}: a run switched {sw['from'] or 'nothing'} -> "
                              f"{sw['to']} and ended before verifying it (run {sw['run_id']}); "
                              "re-run it, or `rollback`")
-            if inst["stale"]:
-                notes.append(f"{host}/{name}: the engine started before the last switch "
+            if extra["stale"]:
+                notes.append(f"{host}/{inst.name}: the engine started before the last switch "
                              "(it runs an older release than `current`)")
-        if not entry["instances"]:
+        if not entry.instances:
             rows.append((host, "-", "-", "-", "-", "-", "no instances deployed"))
-        gpu = entry.get("gpu_health")
+        gpu = entry.extra.get("gpu_health")
         if gpu and gpu["applicable"]:
             notes.append(f"{host}: {gpu_health.summary(gpu)}")
-        lock = entry.get("lock")
+        lock = entry.extra.get("lock")
         if lock:
             notes.append(f"{host}: locked by run {lock.get('run_id', '?')} "
                          f"({lock.get('command', '?')}, controller {lock.get('controller', '?')}, "
@@ -118,7 +146,7 @@ def render(data: dict[str, Any]) -> str:
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
              for r in rows]
-    summary = data["summary"]
+    summary = report.summary_extra
     lines += notes
     lines.append(f"{summary['hosts']} host(s); " + (
         "all healthy" if summary["healthy"] else

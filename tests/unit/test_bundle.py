@@ -26,6 +26,7 @@ from vllama_provision.bundle import aptrepo, pipwheels, signing
 from vllama_provision.bundle.manifest import Manifest, check_file, safe_relpath, verify_files
 from vllama_provision.bundle.targets import Target, target_for
 from vllama_provision.errors import BundleError, BundleSignatureError, UsageError
+from vllama_provision.report import shape_problems
 from vllama_provision.validation import validate_host
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -36,6 +37,13 @@ def state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("VLLAMA_STATE_DIR", str(tmp_path / "state"))
     monkeypatch.setenv("VLLAMA_CACHE_DIR", str(tmp_path / "cache"))
     return tmp_path / "state"
+
+
+def _report(path: Path) -> dict:
+    """A bundle --json report, checked against the shared report shape."""
+    report = json.loads(path.read_text())
+    assert shape_problems(report, "bundle") == [], shape_problems(report, "bundle")
+    return report
 
 
 def _offline() -> list[str]:
@@ -296,7 +304,7 @@ def test_rebundling_fetches_only_what_changed(tmp_path: Path) -> None:
         # Homebrew is not bundled: the bundle says so and exits 1 (incomplete), never silently.
         assert proc.returncode == 1, proc.stderr
         assert "not collected: Homebrew formula" in proc.stderr + proc.stdout
-        return json.loads((tmp_path / "r.json").read_text())
+        return _report(tmp_path / "r.json")
 
     first = bundle()
     assert {i["name"]: i["status"] for i in first["items"]} == {
@@ -374,7 +382,7 @@ def test_images_without_a_docker_engine_and_foreign_targets_are_reported(tmp_pat
     proc = _cli(["bundle", str(path), "--out", str(tmp_path / "b"), "--json",
                  str(tmp_path / "r.json")], tmp_path)
     assert proc.returncode == 1, proc.stderr
-    report = json.loads((tmp_path / "r.json").read_text())
+    report = _report(tmp_path / "r.json")
     status = {(i["kind"], i["status"]) for i in report["items"]}
     assert ("image", "not collected") in status and ("apt", "not collected") in status
     assert ("model", "fetched") in status
@@ -396,7 +404,7 @@ def test_bundle_for_an_upgrade_collects_the_new_engine_version(tmp_path: Path) -
     proc = _cli(["bundle", str(path), "--out", str(tmp_path / "b"), "--engine", "llamacpp",
                  "--version", "0.3.30", "--json", str(tmp_path / "r.json")], tmp_path)
     assert proc.returncode == 1, proc.stderr  # aarch64 wheels cannot be built here
-    items = json.loads((tmp_path / "r.json").read_text())["items"]
+    items = _report(tmp_path / "r.json")["items"]
     wheels = next(i for i in items if i["kind"] == "wheels")
     assert wheels["name"].startswith("llama-cpp-python-0.3.30-cpu-aarch64-cp312-glibc2.39-")
     assert wheels["status"] == "not collected" and "this controller is x86_64" in wheels["detail"]
@@ -436,7 +444,7 @@ def test_full_snapshots_and_controller_folders_are_bundled_file_by_file(
         proc = _cli(["bundle", str(path), "--out", str(out), "--json", str(tmp_path / "r.json"),
                      *extra], tmp_path, offline=False)  # the stand-in Hub is on loopback
         assert proc.returncode == 1, proc.stderr  # aarch64 wheels cannot be built here
-        return {i["name"]: i for i in json.loads((tmp_path / "r.json").read_text())["items"]
+        return {i["name"]: i for i in _report(tmp_path / "r.json")["items"]
                 if i["kind"] == "model"}
 
     items = bundle()
@@ -517,7 +525,7 @@ def test_container_hosts_get_their_image_from_its_archive_and_docker_from_the_bu
         proc = _cli(["bundle", str(path), "--out", str(out), "--json",
                      str(tmp_path / "r.json")], tmp_path)
         assert proc.returncode == 1, proc.stderr  # ubuntu packages cannot be fetched here
-        return json.loads((tmp_path / "r.json").read_text())
+        return _report(tmp_path / "r.json")
 
     report = bundle()
     item = next(i for i in report["items"] if i["kind"] == "image")
@@ -564,7 +572,7 @@ def test_a_gated_snapshot_is_bundled_with_the_token_file_and_the_token_never_sho
         path.write_text(yaml.safe_dump({"all": {"hosts": {"gated1": host_vars}}}))
         proc = _cli(["bundle", str(path), "--out", str(tmp_path / "b"), "--json",
                      str(tmp_path / "r.json")], tmp_path, offline=False)
-        report = json.loads((tmp_path / "r.json").read_text())
+        report = _report(tmp_path / "r.json")
         return proc, next(i for i in report["items"] if i["kind"] == "model")
 
     _proc, item = bundle(host)

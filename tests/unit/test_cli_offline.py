@@ -3,7 +3,8 @@
 The commands run as real subprocesses inside a network namespace with no interface but a downed
 loopback (``unshare -n``) when this machine allows it, so any attempt to reach a host, a
 registry or a model hub fails. Where ``unshare`` is not available the wrapper is skipped with a
-printed reason and the commands run normally (they must still pass).
+printed reason and the commands run normally (they must still pass); under ``CI=true`` a machine
+without network namespaces fails the tests instead: CI must prove "offline".
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import yaml
 
 from vllama_provision import cli
 from vllama_provision import facts as fact_cache
+from vllama_provision.report import shape_problems
 
 ROOT = Path(__file__).resolve().parents[2]
 LAB = ROOT / "inventory" / "lab.yml"
@@ -33,24 +35,43 @@ HOST_KEYS = {"status", "changed", "failed_task", "error", "instances"}
 STATUSES = {"ok", "changed", "failed", "refused", "unreachable", "skipped"}
 
 
-@pytest.fixture(scope="module")
-def offline() -> list[str]:
-    """The command prefix that removes the network, or [] (with the reason printed)."""
+def _without_network(reason: str) -> list[str]:
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"{reason}: under CI=true the offline tests must run without a network")
+    print(f"\n{reason}: plan/render run WITH network access in this test")
+    return []
+
+
+def network_namespace_prefix() -> list[str]:
+    """The command prefix that removes the network, or [] (with the reason printed; a
+    failure under CI=true)."""
     unshare = shutil.which("unshare")
     if unshare is None:
-        print("\nunshare not found: plan/render run WITH network access in this test")
-        return []
+        return _without_network("unshare not found")
     probe = subprocess.run([unshare, "-n", "true"], capture_output=True, text=True,
                            check=False)
     if probe.returncode != 0:
         probe = subprocess.run([unshare, "-rn", "true"], capture_output=True, text=True,
                                check=False)
         if probe.returncode != 0:
-            print(f"\nunshare -n failed ({probe.stderr.strip()}): plan/render run WITH network "
-                  "access in this test")
-            return []
+            return _without_network(f"unshare -n failed ({probe.stderr.strip()})")
         return [unshare, "-rn"]
     return [unshare, "-n"]
+
+
+@pytest.fixture(scope="module")
+def offline() -> list[str]:
+    """The command prefix that removes the network (see network_namespace_prefix)."""
+    return network_namespace_prefix()
+
+
+def test_offline_fails_under_ci_without_a_network_namespace(monkeypatch) -> None:
+    monkeypatch.setenv("CI", "true")
+    monkeypatch.setattr(shutil, "which", lambda _name: None)
+    with pytest.raises(pytest.fail.Exception, match="unshare not found: under CI=true"):
+        network_namespace_prefix()
+    monkeypatch.setenv("CI", "false")
+    assert network_namespace_prefix() == []
 
 
 def _env(state: Path) -> dict[str, str]:
@@ -97,7 +118,8 @@ def test_plan_works_offline(lab_plan: subprocess.CompletedProcess) -> None:
 
 
 def _check_report_shape(report: dict, command: str) -> None:
-    assert set(report) == {"hosts", "summary"}
+    assert shape_problems(report, command) == []
+    assert set(report) == {"schema", "hosts", "summary"}
     assert set(report["hosts"]) == {"gpu-01", "gpu-02", "mac-studio"}
     for name, host in report["hosts"].items():
         assert set(host) >= HOST_KEYS, name
@@ -162,8 +184,12 @@ def test_render_writes_every_file_under_out_host(offline: list[str], tmp_path: P
 
 
 def _commands(group: click.Group, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """Every command and subcommand, the lazily imported ones included."""
+    ctx = click.Context(group)
     found = []
-    for name, command in sorted(group.commands.items()):
+    for name in group.list_commands(ctx):
+        command = group.get_command(ctx, name)
+        assert command is not None, name
         found.append((*prefix, name))
         if isinstance(command, click.Group):
             found += _commands(command, (*prefix, name))
@@ -174,8 +200,25 @@ COMMANDS = _commands(cli.cli)
 
 
 def test_every_expected_command_exists() -> None:
-    for name in ("plan", "render", "apply", "verify", "facts", "schema", "key"):
+    for name in ("plan", "render", "apply", "verify", "facts", "schema", "key", "lab",
+                 "bundle", "upgrade", "rollback", "status", "wheelhouse"):
         assert (name,) in COMMANDS
+    assert ("lab", "up") in COMMANDS and ("key", "rotate") in COMMANDS
+
+
+def test_top_level_help_shows_each_first_sentence_whole(capsys) -> None:
+    cli.main(["--help"])
+    out = " ".join(capsys.readouterr().out.split("Commands:")[1].split())
+    assert "..." not in out
+    assert ("key API keys: the controller keeps a private (0600) copy of each instance's key."
+            in out)
+    group = cli.cli
+    ctx = click.Context(group)
+    for name in group.list_commands(ctx):
+        command = group.get_command(ctx, name)
+        first = " ".join((command.help or "").strip().split("\n\n")[0].split())
+        first = first[:first.find(". ") + 1] if ". " in first else first
+        assert f"{name} {first}" in out, name
 
 
 @pytest.mark.parametrize("command", [(), *COMMANDS], ids=lambda c: " ".join(c) or "top")
@@ -188,8 +231,10 @@ def test_help_of_every_command(command: tuple[str, ...], capsys) -> None:
     out = captured.out
     assert captured.err == ""
     assert out.startswith("Usage: vllama-provision" + "".join(f" {c}" for c in command))
-    if command and command[-1] in ("plan", "render", "apply", "verify", "facts"):
+    if len(command) == 1 and command[0] in ("plan", "render", "apply", "verify", "facts",
+                                            "status", "upgrade", "rollback", "bundle"):
         assert "--limit" in out and "--json" in out
+        assert "'-' writes it to stdout instead of the table" in " ".join(out.split())
     if command and command[-1] == "apply":
         assert "--check" in out and "--diff" in out
 

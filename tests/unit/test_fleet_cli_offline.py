@@ -12,6 +12,7 @@ import pytest
 from test_cli_offline import LAB, offline, run
 
 from vllama_provision import cli
+from vllama_provision.report import shape_problems
 
 __all__ = ["offline"]
 
@@ -51,6 +52,7 @@ def test_plan_shows_the_release_an_upgrade_would_give(offline: list[str],
     moved = run(offline, ["plan", str(LAB), "--engine", "llamacpp", "--version", "0.3.99",
                           "--json", str(tmp_path / "b.json")], tmp_path)
     assert base.returncode in (0, 1) and moved.returncode == base.returncode, moved.stderr
+    assert shape_problems(json.loads((tmp_path / "a.json").read_text()), "plan") == []
     before = json.loads((tmp_path / "a.json").read_text())["hosts"]
     after = json.loads((tmp_path / "b.json").read_text())["hosts"]
     changed = unchanged = 0
@@ -75,7 +77,35 @@ def test_status_of_unreachable_hosts_says_so(offline: list[str], tmp_path: Path)
                          str(tmp_path / "s.json")], tmp_path)
     assert proc.returncode == 1, proc.stderr
     data = json.loads((tmp_path / "s.json").read_text())
+    assert shape_problems(data, "status") == []
     assert data["hosts"]["gpu-01"]["reachable"] is False
+    assert data["hosts"]["gpu-01"]["status"] == "unreachable"
     assert data["summary"]["healthy"] is False and data["summary"]["unhealthy"] == ["gpu-01"]
     assert "UNREACHABLE" in proc.stdout
 
+
+
+@pytest.mark.parametrize("args", [
+    ["facts"], ["verify"], ["apply"], ["status"], ["rollback"],
+    ["upgrade", "--engine", "vllm", "--version", "0.11.0"],
+    ["key", "rotate", "__INV__", "gpu-01", "qwen-7b"],
+], ids=lambda a: " ".join(a[:2]))
+def test_every_json_command_reports_an_unreachable_host_in_the_shared_shape(
+        offline: list[str], tmp_path: Path, args: list[str]) -> None:
+    """Each command that contacts hosts, against gpu-01 (a documentation address, never
+    reached: no network here): exit 1, the host `unreachable`, the one report shape, and with
+    `--json -` nothing on stdout but the report."""
+    if not offline:
+        pytest.skip("needs unshare -n: the example inventory's addresses must not be reached")
+    if "__INV__" in args:
+        command = [a.replace("__INV__", str(LAB)) for a in args]
+    else:
+        command = [args[0], str(LAB), *args[1:], "--limit", "gpu-01"]
+    proc = run(offline, [*command, "--json", "-"], tmp_path)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
+    report = json.loads(proc.stdout)  # stdout holds the report and nothing else
+    name = "key rotate" if args[0] == "key" else args[0]
+    assert shape_problems(report, name) == []
+    assert report["hosts"]["gpu-01"]["status"] == "unreachable", report["hosts"]["gpu-01"]
+    assert report["summary"]["unreachable"] == 1

@@ -45,20 +45,24 @@ def _inspected(healthy_endpoint: bool = True) -> dict:
 
 
 def test_status_makes_a_host_with_unhealthy_gpus_unhealthy():
-    from vllama_provision.report import Report
+    from vllama_provision.report import Report, shape_problems
     from vllama_provision.status import render, shape
 
     hosts = ["gpu-ok", "gpu-mismatch", "cpu"]
     data = shape(hosts, {h: _inspected() for h in hosts},
                  {"gpu-ok": HEALTHY, "gpu-mismatch": MISMATCH,
                   "cpu": {**HEALTHY, "applicable": False, "gpu_count": 0}}, Report("status"))
-    assert [data["hosts"][h]["healthy"] for h in hosts] == [True, False, True]
-    assert data["summary"]["unhealthy"] == ["gpu-mismatch"]
-    assert data["hosts"]["gpu-mismatch"]["gpu_health"]["nvml"] == "mismatch"
+    doc = data.to_dict()
+    assert shape_problems(doc, "status") == []
+    assert [doc["hosts"][h]["healthy"] for h in hosts] == [True, False, True]
+    assert [doc["hosts"][h]["status"] for h in hosts] == ["ok", "failed", "ok"]
+    assert doc["summary"]["unhealthy"] == ["gpu-mismatch"] and data.exit_code == 1
+    assert doc["hosts"]["gpu-mismatch"]["gpu_health"]["nvml"] == "mismatch"
+    assert doc["hosts"]["gpu-ok"]["instances"][0]["release"] == "r1"
     text = render(data)
     assert "gpu-mismatch: GPUs UNHEALTHY: nvml: NVML does not initialise" in text
     assert "gpu-ok: GPUs healthy: 2 GPU(s)" in text
     assert "cpu: " not in text  # no GPU line for a host without NVIDIA GPUs
     # A down endpoint still makes a healthy-GPU host unhealthy.
     down = shape(["gpu-ok"], {"gpu-ok": _inspected(False)}, {"gpu-ok": HEALTHY}, Report("s"))
-    assert down["summary"]["unhealthy"] == ["gpu-ok"]
+    assert down.to_dict()["summary"]["unhealthy"] == ["gpu-ok"]

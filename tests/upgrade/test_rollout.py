@@ -311,7 +311,9 @@ def test_a_host_paused_during_its_switch_stops_the_rollout(fleet: Fleet, run_cli
     assert fleet.current(h3) == untouched, "a host after the paused one was touched"
     status = run_cli("status", str(fleet.inventory))
     h2_status = status.report["hosts"][h2.name]
-    assert h2_status["instances"][INSTANCE]["unfinished_switch"]["to"] == fleet.current(h2)
+    h2_instance = next(i for i in h2_status["instances"] if i["name"] == INSTANCE)
+    assert h2_instance["unfinished_switch"]["to"] == fleet.current(h2)
+    assert h2_instance["release"] == fleet.current(h2) and h2_status["status"] == "failed"
     assert h2_status["lock"], "the paused run's lock should still be on host 2"
     assert status.rc == 1 and h2.name in status.report["summary"]["unhealthy"]
     # The repair is a re-run of the same upgrade (all hosts at once: nothing left to stage).

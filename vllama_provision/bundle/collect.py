@@ -11,7 +11,6 @@ folder, copying only those whose content changed; files no item needs any more a
 from __future__ import annotations
 
 import importlib.util
-import json
 import shutil
 import subprocess
 import tempfile
@@ -44,6 +43,7 @@ from vllama_provision.models import (
     tree_files,
 )
 from vllama_provision.planner import EngineOverride, HostPlan, plan_host
+from vllama_provision.report import Report
 
 
 @dataclass
@@ -80,6 +80,21 @@ class BundleResult:
     @property
     def complete(self) -> bool:
         return not self.manifest.not_collected and not any(i.missing for i in self.items)
+
+    def report(self) -> Report:
+        """The bundle in the shared report shape: a host is ``ok`` when everything it needs
+        was collected, ``failed`` (with what is missing) when not; ``bundle`` per host is its
+        manifest record, and the bundle's own fields sit at the top level."""
+        report = Report(command="bundle")
+        for name, record in sorted(self.manifest.hosts.items()):
+            entry = report.host(name)
+            missing = [n["what"] for n in self.manifest.not_collected
+                       if name in n["hosts"].split(", ")]
+            if missing:
+                entry.status, entry.error = "failed", "not collected: " + ", ".join(missing)
+            entry.extra = {"bundle": record}
+        report.extra = {k: v for k, v in self.to_dict().items() if k not in ("command", "hosts")}
+        return report
 
     def to_dict(self) -> dict[str, Any]:
         return {"command": "bundle", "out": str(self.out), "bundle_id": self.manifest.bundle_id,
@@ -573,8 +588,4 @@ def _family(target: Target) -> str:
 
 
 def write_report(result: BundleResult, json_out: str) -> None:
-    text = json.dumps(result.to_dict(), indent=2, sort_keys=True) + "\n"
-    if json_out == "-":
-        print(text, end="")
-    else:
-        Path(json_out).write_text(text)
+    result.report().write_json(json_out)

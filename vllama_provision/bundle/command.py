@@ -7,17 +7,16 @@ from pathlib import Path
 
 import click
 
+from vllama_provision.cli_common import inventory_argument, json_option, limit_option
 from vllama_provision.errors import EXIT_HOST_FAILED, EXIT_OK
 
 
 @click.command("bundle")
-@click.argument("inventory", type=click.Path(dir_okay=False, path_type=Path))
+@inventory_argument
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Bundle folder (created; an earlier bundle there is updated in place).")
-@click.option("--limit", "-l", metavar="PATTERN", help="Only these hosts (an Ansible host "
-              "pattern).")
-@click.option("--json", "json_out", metavar="FILE",
-              help="Also write the bundle report as JSON to FILE ('-' for stdout).")
+@limit_option
+@json_option
 @click.option("--sign-key", "sign_key", type=click.Path(dir_okay=False, path_type=Path),
               metavar="KEYFILE",
               help="OpenSSH ed25519 private key to sign the manifest with (its public half "

@@ -1,12 +1,12 @@
 """The ``--bundle DIR`` / ``--bundle-key PUBFILE`` options of commands that change hosts.
 
-Any command built on ``cli._apply_like`` takes a bundle in two lines::
+Any command built on ``cli_common.apply_like`` takes a bundle in two lines::
 
     from vllama_provision.bundle.options import bundle_options, bundle_extravars
 
     @bundle_options
     def upgrade(..., bundle: Path | None, bundle_key: Path | None) -> None:
-        _apply_like(..., extravars={**other, **bundle_extravars(bundle, bundle_key, inventory,
+        apply_like(..., extravars={**other, **bundle_extravars(bundle, bundle_key, inventory,
                                                                 limit)})
 
 ``bundle_extravars`` checks the manifest's signature on the controller first (exit 2, no host

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 import click
 
+from vllama_provision.cli_common import HelpGroup
 from vllama_provision.errors import VllamaError
 from vllama_provision.lab import addresses, golden, labs, snapshots
 from vllama_provision.lab.host import HostPaths
@@ -41,7 +42,7 @@ LAB_OPTION = click.option("--lab", "lab_name", default=addresses.DEFAULT_LAB, sh
                           help="Lab name; labs are independent and have their own addresses.")
 
 
-@click.group(name="lab")
+@click.group(name="lab", cls=HelpGroup)
 def lab() -> None:
     """Disposable Debian lab hosts with systemd and sshd on 127.0.1.x (needs root, Linux)."""
 

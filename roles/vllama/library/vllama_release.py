@@ -208,6 +208,7 @@ def _release_info(folder, rid):
     return {"id": rid, "created": created.get("created", ""), "mtime": mtime,
             "engine": manifest.get("engine", ""), "server": manifest.get("server", ""),
             "engine_version": manifest.get("engine_version", ""),
+            "deploy": manifest.get("deploy", ""),
             "served_name": manifest.get("served_name", ""),
             "local_endpoint": manifest.get("local_endpoint", ""),
             "readiness": manifest.get("readiness") or {},
