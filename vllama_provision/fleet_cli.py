@@ -116,7 +116,12 @@ def upgrade(inventory: Path, engine: str, version: str, limit: str | None, batch
                          extravars=extravars, prepare_only=prepare_only,
                          require_artifacts=True, verbose=verbose, break_lock=break_lock)
     done = report.exit_code == 0 and not prepare_only
-    _inventory_edit(inventory, hosts, engine, version, report, write=write_inventory and done)
+    if done:
+        _inventory_edit(inventory, hosts, engine, version, report, write=write_inventory)
+    elif write_inventory:
+        why = "--prepare-only" if prepare_only else "the rollout did not complete"
+        click.echo(f"inventory: not changed ({why}); {inventory} still names the version the "
+                   "hosts ran before", err=True)
     finish(report, json_out)
 
 

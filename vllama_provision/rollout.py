@@ -25,7 +25,7 @@ import click
 
 from vllama_provision.releases import batches
 from vllama_provision.report import BAD_STATUSES, HostReport, Report
-from vllama_provision.runner import Progress, RunRequest, RunResult, run_playbook
+from vllama_provision.runner import Progress, RunRequest, RunResult, run_playbook, show_running
 
 EventHook = Callable[[dict[str, Any]], None]
 
@@ -52,6 +52,7 @@ class RolloutResult:
     stopped: bool = False
     switched: list[str] = field(default_factory=list)
     plans: dict[str, dict[str, Any]] = field(default_factory=dict)
+    running: dict[str, dict[str, tuple[str, str]]] = field(default_factory=dict)
 
 
 def _run(rollout: Rollout, phase: str, hosts: list[str], progress: Progress,
@@ -98,20 +99,22 @@ def run_rollout(rollout: Rollout, progress: Progress | None = None) -> RolloutRe
         pre = _run(rollout, "prepare", hosts, progress, tags=["vllama_preflight"],
                    extra={"vllama_require_artifacts": rollout.require_artifacts})
         result.plans.update(pre.plans)
+        result.running.update(pre.running)
         bad = _merge(report, "preflight", pre)
         if bad:
             result.stopped = True
-            _skip(report, [h for h in hosts if h not in bad],
+            _skip(result, [h for h in hosts if h not in bad],
                   f"not changed: the preflight failed on {', '.join(sorted(bad))}")
             return result
         echo(f"prepare on {len(hosts)} host(s): engines, models and release folders; "
              "nothing serving changes")
         prep = _run(rollout, "prepare", hosts, progress)
         result.plans.update(prep.plans)
+        result.running.update(prep.running)
         bad = _merge(report, "prepare", prep)
         if len(bad) > rollout.max_fail:
             result.stopped = True
-            _skip(report, [h for h in hosts if h not in bad],
+            _skip(result, [h for h in hosts if h not in bad],
                   f"prepared but not switched: preparing failed on {', '.join(sorted(bad))} "
                   f"(--max-fail {rollout.max_fail}); still on its previous release")
             return result
@@ -129,6 +132,7 @@ def run_rollout(rollout: Rollout, progress: Progress | None = None) -> RolloutRe
         echo(f"batch {number}/{len(groups)}: {', '.join(group)}")
         run = _run(rollout, "switch", group, progress)
         result.plans.update(run.plans)
+        result.running.update(run.running)
         bad = _merge(report, "switch", run)
         result.switched += [h for h in group if h not in bad]
         failures += len(bad)
@@ -136,7 +140,7 @@ def run_rollout(rollout: Rollout, progress: Progress | None = None) -> RolloutRe
             rest = [h for g in groups[number:] for h in g]
             if rest:
                 result.stopped = True
-                _skip(report, rest,
+                _skip(result, rest,
                       f"not switched: the rollout stopped after {failures} failed host(s) "
                       f"(--max-fail {rollout.max_fail}); still on its previous release")
                 echo(f"stopped: {failures} failed host(s) > --max-fail {rollout.max_fail}; "
@@ -145,13 +149,15 @@ def run_rollout(rollout: Rollout, progress: Progress | None = None) -> RolloutRe
     return result
 
 
-def _skip(report: Report, hosts: list[str], why: str) -> None:
+def _skip(result: RolloutResult, hosts: list[str], why: str) -> None:
+    """Mark hosts the rollout leaves alone; they show the release they still run."""
     for host in hosts:
-        entry = report.hosts.get(host) or HostReport()
+        entry = result.report.hosts.get(host) or HostReport()
         if entry.status not in BAD_STATUSES:
             entry.status = "skipped"
+            show_running(entry, result.running.get(host))
         entry.notes.append(why)
-        report.hosts[host] = entry
+        result.report.hosts[host] = entry
 
 
 def _echo(command: str) -> Callable[[str], None]:

@@ -21,7 +21,7 @@ import click
 
 from vllama_provision import paths
 from vllama_provision.errors import RunError
-from vllama_provision.report import Report
+from vllama_provision.report import HostReport, Report
 
 # Actions whose results carry the tool's own data.
 _PLAN_ACTION = "vllama_plan"
@@ -50,6 +50,8 @@ class RunResult:
     report: Report
     facts: dict[str, dict[str, Any]] = field(default_factory=dict)
     plans: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # HOST -> INSTANCE -> (release, engine version) the host runs, as the run last saw it.
+    running: dict[str, dict[str, tuple[str, str]]] = field(default_factory=dict)
     artifacts: Path | None = None
     rc: int = 0
 
@@ -106,6 +108,9 @@ class EventHandler:
         self.progress = progress
         self.on_event = on_event
         self.seen_hosts: set[str] = set()
+        # What each host runs, from the run's last inspection of its releases (the first one,
+        # and those after a switch or rollback).
+        self.running = result.running
         self.finished = False  # the playbook_on_stats event: the play ran to its end
 
     def __call__(self, event: dict[str, Any]) -> bool:
@@ -157,6 +162,15 @@ class EventHandler:
         elif kind == "runner_on_skipped":
             self.progress.result(host, phase, task, "skipped")
 
+    def settle(self) -> None:
+        """After the run: a host that failed or was refused shows what it runs now (as last
+        inspected: before any change, or after the run's switch or rollback), not the planned
+        release; the plan stays in each instance's ``planned_release`` and
+        ``planned_engine_version``."""
+        for host, entry in self.result.report.hosts.items():
+            if entry.status in ("failed", "refused"):
+                show_running(entry, self.running.get(host))
+
     def _collect(self, host: str, action: str, res: dict[str, Any]) -> None:
         short = action.rsplit(".", 1)[-1]
         report = self.result.report.host(host)
@@ -165,6 +179,8 @@ class EventHandler:
             self.result.plans[host] = plan
             for inst in plan.get("instances") or []:
                 item = report.instance(inst["name"])
+                item.extra["planned_release"] = inst["release"]
+                item.extra["planned_engine_version"] = inst["engine_version"]
                 item.engine = inst["engine"]
                 item.engine_version = inst["engine_version"]
                 item.deploy = inst["deploy"]
@@ -181,6 +197,9 @@ class EventHandler:
                     if inst.get(key) is not None:
                         setattr(item, key, inst[key])
         elif short == _RELEASE_ACTION:
+            if isinstance(res.get("instances"), dict) and (host not in self.running
+                                                           or res.get("report_releases")):
+                self.running[host] = _now_running(res["instances"])
             for name, release in (res.get("report_releases") or {}).items():
                 report.instance(name).release = release
             if res.get("removed"):
@@ -194,6 +213,24 @@ class EventHandler:
         facts = (res.get("ansible_facts") or {}).get("vllama_facts")
         if isinstance(facts, dict):
             self.result.facts[host] = facts
+
+
+def show_running(entry: HostReport, running: dict[str, tuple[str, str]] | None) -> None:
+    """Make a host's instances show the release and engine version it runs (when known)."""
+    if running is None:
+        return
+    for item in entry.instances:
+        item.release, item.engine_version = running.get(item.name, ("", ""))
+
+
+def _now_running(instances: dict[str, Any]) -> dict[str, tuple[str, str]]:
+    """INSTANCE -> (current release, its engine version) from a release inspect result."""
+    running = {}
+    for name, inst in instances.items():
+        current = inst.get("current") or ""
+        record = next((r for r in inst.get("releases") or [] if r.get("id") == current), {})
+        running[name] = (current, str(record.get("engine_version", "")))
+    return running
 
 
 def _run_dir(command: str) -> Path:
@@ -298,4 +335,5 @@ def run_playbook(request: RunRequest, *, progress: Progress | None = None,
                 entry.status = "failed"
                 entry.error = (f"the Ansible run ended before the play finished "
                                f"(status {runner.status}, rc {runner.rc})")
+    handler.settle()
     return result

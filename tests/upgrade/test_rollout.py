@@ -253,6 +253,11 @@ def test_a_new_release_that_cannot_start_is_rolled_back(fleet: Fleet, run_cli: A
     assert result.host(h3.name)["status"] == "skipped"
     assert any("not switched" in n for n in result.host(h3.name)["notes"])
     assert [r["event"] for r in fleet.history(h2)[-3:]] == ["switched", "failed", "rolled_back"]
+    # The report shows what host 2 runs now (OLD, rolled back), the plan beside it.
+    inst = result.instance(h2.name, INSTANCE)
+    assert (inst["release"], inst["engine_version"]) == (fleet.current(h2), OLD)
+    assert inst["planned_engine_version"] == NEW and inst["planned_release"] != inst["release"]
+    assert "To make llamacpp" not in result.stderr  # no inventory hint for an unfinished rollout
     marked = h2.ssh("ls /opt/vllama/instances/smollm2/releases/*/FAILED").stdout.split()
     assert len(marked) == 1
     # The host was taken out before its switch and, having failed, never put back by the hook.
@@ -268,12 +273,37 @@ def test_apply_refuses_a_downgrade_unless_allowed(fleet: Fleet, run_cli: Any) ->
     assert entry["status"] == "refused"
     assert NEW in entry["error"] and OLD in entry["error"] and "--allow-downgrade" in entry["error"]
     assert fleet.version(h1) == NEW and serving(h1)
+    inst = refused.instance(h1.name, INSTANCE)
+    assert (inst["release"], inst["engine_version"]) == (fleet.current(h1), NEW)
+    assert inst["planned_engine_version"] == OLD
     # Allowed, through apply's batch path (the rollout procedure: preflight, prepare, switch).
     allowed = run_cli("apply", str(fleet.inventory), "--limit", h1.name, "--allow-downgrade",
                       "--batch", "1")
     assert allowed.rc == 0, allowed.stderr
     assert "batch 1/1" in allowed.stderr and "preflight on 1 host(s)" in allowed.stderr
     assert fleet.version(h1) == OLD and serving(h1)
+
+
+def test_an_upgrade_to_a_version_nobody_built_is_refused_before_any_change(
+        fleet: Fleet, run_cli: Any) -> None:
+    """No wheel of llamacpp 9.9.9 exists. Leaves: every host on OLD, untouched."""
+    before = {h.name: (fleet.current(h), len(fleet.history(h))) for h in fleet.hosts}
+    result = run_cli("upgrade", str(fleet.inventory), "--engine", "llamacpp", "--version",
+                     "9.9.9", "--write-inventory")
+    assert result.rc == 1
+    assert {h.name: (fleet.current(h), len(fleet.history(h))) for h in fleet.hosts} == before
+    assert all(serving(h) for h in fleet.hosts)
+    refused = [h.name for h in fleet.hosts if result.host(h.name)["status"] == "refused"]
+    assert refused, result.report
+    for host in fleet.hosts:
+        inst = result.instance(host.name, INSTANCE)
+        # RELEASE is what the host runs, not the release 9.9.9 would have been.
+        assert (inst["release"], inst["engine_version"]) == (fleet.current(host), OLD), inst
+        if host.name in refused:
+            assert inst["planned_engine_version"] == "9.9.9"
+    assert "To make llamacpp 9.9.9" not in result.stderr
+    assert "inventory: not changed (the rollout did not complete)" in result.stderr
+    assert "9.9.9" not in fleet.inventory.read_text()
 
 
 def test_a_new_release_serving_the_wrong_model_is_rolled_back(fleet: Fleet,
