@@ -1,0 +1,102 @@
+"""Verification from the controller (cli_common.controller_checks) against a stand-in endpoint on
+loopback: the real httpx client, the controller's key copy, the host's own prompt.
+
+The stand-in is a small HTTP server speaking the two OpenAI routes verification uses; the
+engines themselves are verified from the controller in the e2e tier.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+
+from vllama_provision import cli_common
+from vllama_provision.report import Report
+
+KEY = "sk-test-controller-copy"
+
+
+class _Endpoint(BaseHTTPRequestHandler):
+    prompts: ClassVar[list[str]] = []
+    served = "smollm2"
+
+    def log_message(self, *_args: Any) -> None:
+        return None
+
+    def _reply(self, code: int, body: dict[str, Any]) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _authorised(self) -> bool:
+        if self.headers.get("Authorization") != f"Bearer {KEY}":
+            self._reply(401, {"error": {"message": "bad key"}})
+            return False
+        return True
+
+    def do_GET(self) -> None:
+        if self._authorised():
+            self._reply(200, {"data": [{"id": self.served}]})
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        if self._authorised():
+            self.prompts.append(body["messages"][0]["content"])
+            self._reply(200, {"choices": [{"message": {"content": " Rome. "}}]})
+
+
+@pytest.fixture
+def endpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    monkeypatch.setenv("VLLAMA_STATE_DIR", str(tmp_path / "state"))
+    key = tmp_path / "state" / "keys" / "h1" / "smollm2.key"
+    key.parent.mkdir(parents=True)
+    key.write_text(KEY + "\n")
+    _Endpoint.prompts = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Endpoint)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def _plans(url: str, prompt: str | None) -> dict[str, dict[str, Any]]:
+    plan: dict[str, Any] = {"instances": [{"name": "smollm2", "endpoint": url,
+                                           "served_name": "smollm2"}]}
+    if prompt is not None:
+        plan["verify_prompt"] = prompt
+    return {"h1": plan}
+
+
+def _host_verified() -> Report:
+    report = Report("apply")
+    item = report.host("h1").instance("smollm2")
+    item.verified, item.verified_from = True, ["host"]
+    return report
+
+
+def test_the_controller_asks_the_hosts_prompt(endpoint: str) -> None:
+    report = _host_verified()
+    cli_common.controller_checks(report, _plans(endpoint, "What is the capital of Italy?"))
+    item = report.host("h1").instance("smollm2")
+    assert _Endpoint.prompts == ["What is the capital of Italy?"]
+    assert item.verified_from == ["controller", "host"]
+    assert item.extra["controller_answer"] == "Rome."
+
+
+def test_a_wrong_key_copy_is_not_verified_from_the_controller(endpoint: str, tmp_path: Path,
+                                                               capsys) -> None:
+    (tmp_path / "state" / "keys" / "h1" / "smollm2.key").write_text("sk-stale\n")
+    report = _host_verified()
+    cli_common.controller_checks(report, _plans(endpoint, None))
+    item = report.host("h1").instance("smollm2")
+    assert item.verified_from == ["host"] and "controller_answer" not in item.extra
+    assert "not verified from the controller: /v1/models answered 401" in capsys.readouterr().err
+    assert _Endpoint.prompts == []
