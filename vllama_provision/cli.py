@@ -349,11 +349,13 @@ def wheelhouse_build(engine: str, version: str | None) -> None:
     if version:
         key = dataclasses.replace(key, version=version)
     found = wh.wheels(key)
-    if not found:
-        log = wh.folder(key).with_suffix(".log")
-        log.parent.mkdir(parents=True, exist_ok=True)
-        click.echo(f"building {key.name} (log: {log})", err=True)
-        found = wh.build(key, log=log)
+    if found:
+        click.echo(f"reusing {key.name} (built before; nothing to build)", err=True)
+    else:
+        how = ("compiling takes 4-10 minutes" if key.mode != "closure"
+               else "collecting it from the package index takes a few minutes")
+        click.echo(f"building {key.name}: {how}, once (later runs reuse it)", err=True)
+        found = wh.build(key, show=True)
     for wheel in found:
         click.echo(str(wheel))
 

@@ -39,6 +39,7 @@ from pathlib import Path
 
 from vllama_provision import engines, paths
 from vllama_provision.errors import VllamaError
+from vllama_provision.longrun import run_logged
 
 MARKER = "COMPLETE"
 ARCHIVE = "wheelhouse.tar"
@@ -160,13 +161,21 @@ def controller_matches(key: WheelKey) -> str:
     return ""
 
 
-def build(key: WheelKey, root: Path | None = None, log: Path | None = None) -> list[Path]:
+def log_path(key: WheelKey, root: Path | None = None) -> Path:
+    """The build log of a key, named after the whole key (two keys never share a log)."""
+    target = folder(key, root)
+    return target.parent / f"{target.name}.log"
+
+
+def build(key: WheelKey, root: Path | None = None, log: Path | None = None,
+          show: bool = False) -> list[Path]:
     """Build the key's wheels on this machine (only valid when it matches the key's platform).
 
-    Concurrent callers for one key (parallel hosts, a background build) wait for each other."""
+    Concurrent callers for one key (parallel hosts, a background build) wait for each other.
+    With ``show``, the elapsed time and the log's latest line are printed while it runs."""
     if key.mode == "closure":
-        return _locked(key, root, lambda: _collect(key, root, log))
-    return _build_compiled(key, root, log)
+        return _locked(key, root, lambda: _collect(key, root, log, show))
+    return _locked(key, root, lambda: _build_compiled(key, root, log, show))
 
 
 def _locked(key: WheelKey, root: Path | None, work: Callable[[], list[Path]]) -> list[Path]:
@@ -177,7 +186,7 @@ def _locked(key: WheelKey, root: Path | None, work: Callable[[], list[Path]]) ->
         return wheels(key, root) or work()
 
 
-def _collect(key: WheelKey, root: Path | None, log: Path | None) -> list[Path]:
+def _collect(key: WheelKey, root: Path | None, log: Path | None, show: bool) -> list[Path]:
     """Every wheel ``pip install DIST==V`` needs, from this machine's configured indexes."""
     why = controller_matches(key)
     if why:
@@ -186,13 +195,13 @@ def _collect(key: WheelKey, root: Path | None, log: Path | None) -> list[Path]:
     work = Path(tempfile.mkdtemp(prefix=f".build-{key.name}-", dir=target.parent))
     cmd = [sys.executable, "-m", "pip", "wheel", "--disable-pip-version-check", "-w", str(work),
            f"{key.dist}=={key.version}"]
-    with (log.open("a") if log else open(os.devnull, "w")) as out:
-        proc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, check=False)
+    log = log or log_path(key, root)
+    code = run_logged(cmd, log=log, what=f"collecting {key.dist}=={key.version}", show=show)
     built = sorted(work.glob("*.whl"))
-    if proc.returncode != 0 or not built:
+    if code != 0 or not built:
         shutil.rmtree(work, ignore_errors=True)
         raise WheelhouseError(f"collecting {key.dist}=={key.version} and its dependencies "
-                              f"failed (exit {proc.returncode}); see {log or 'the pip output'}")
+                              f"failed (exit {code}); see {log}")
     (work / MARKER).write_text(key.name + "\n")
     shipped = [w for w in built if _dist_of(w) not in {_normal(e) for e in key.exclude}]
     (work / REQUIREMENTS).write_text("".join(f"{_dist_of(w)}=={w.name.split('-')[1]}\n"
@@ -215,27 +224,26 @@ def _dist_of(wheel: Path) -> str:
     return _normal(wheel.name.split("-", 1)[0])
 
 
-def _build_compiled(key: WheelKey, root: Path | None, log: Path | None) -> list[Path]:
+def _build_compiled(key: WheelKey, root: Path | None, log: Path | None,
+                    show: bool) -> list[Path]:
     target = folder(key, root)
-    if wheels(key, root):
-        return wheels(key, root)
-    target.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".build-{key.name}-", dir=target.parent))
     env = {**os.environ, "CMAKE_ARGS": key.cmake_args, "PIP_NO_CACHE_DIR": "1"}
-    cmd = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-binary", key.dist,
+    # -v: the compiler's progress ("[ 42%] Building ...") reaches the log, and the ticker.
+    cmd = [sys.executable, "-m", "pip", "wheel", "-v", "--no-deps", "--no-binary", key.dist,
            "-w", str(work), f"{key.dist}=={key.version}"]
-    with (log.open("a") if log else open(os.devnull, "w")) as out:
-        proc = subprocess.run(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, check=False)
+    log = log or log_path(key, root)
+    code = run_logged(cmd, log=log, env=env, show=show,
+                      what=f"compiling {key.dist}=={key.version} ({key.backend})")
     built = sorted(work.glob("*.whl"))
-    if proc.returncode != 0 or not built:
+    if code != 0 or not built:
         shutil.rmtree(work, ignore_errors=True)
-        raise WheelhouseError(f"building {key.dist}=={key.version} failed (exit "
-                              f"{proc.returncode}); see {log or 'the build output'}")
+        raise WheelhouseError(f"building {key.dist}=={key.version} failed (exit {code}); "
+                              f"see {log}")
     (work / MARKER).write_text(key.name + "\n")
-    try:
-        work.rename(target)
-    except OSError:
-        shutil.rmtree(work, ignore_errors=True)  # a concurrent build finished first
+    if target.exists():
+        shutil.rmtree(target)  # an incomplete folder from a killed build
+    work.rename(target)
     return wheels(key, root)
 
 

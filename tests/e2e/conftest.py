@@ -35,7 +35,7 @@ def engine_wheel() -> list[Path]:
                         f"{WHEEL_WAIT_SECONDS // 60} minutes (see .test-logs/wheel-build.log)")
         if not _build_running():
             # Nobody is building it (tests run without tests/run.py): build it here.
-            wheelhouse.build(key, log=wheelhouse.folder(key).with_suffix(".log"))
+            wheelhouse.build(key)
             break
         time.sleep(10)
     return wheelhouse.wheels(key)

@@ -70,11 +70,17 @@ def up_cmd(count: int, lab_name: str, suite: str | None, fuse: bool, docker: boo
     """Boot COUNT new hosts in a lab and write its Ansible inventory."""
     opts = labs.UpOptions(count=count, lab=lab_name, suite=suite, fuse=fuse, docker=docker,
                           isolated=isolated, models_size=models_size, user=user,
-                          inventory_out=inventory_out, from_snapshot=from_snapshot)
+                          inventory_out=inventory_out, from_snapshot=from_snapshot,
+                          show_progress=True)
     state = labs.up(opts)
+    width = max([4, *(len(h.name) for h in state.hosts)])
+    click.echo(f"{'HOST':<{width}}  {'ADDRESS':<13}  FLAGS", err=True)
     for h in state.hosts:
-        click.echo(f"{h.name}\t{h.address}\t{' '.join(h.flags) or '-'}", err=True)
+        click.echo(f"{h.name:<{width}}  {h.address:<13}  {' '.join(h.flags) or '-'}", err=True)
     inventory = inventory_out or state.dir / "inventory.yml"
+    click.echo(f"lab {lab_name}: an inventory naming these hosts (connection details only; add "
+               f"vllama_instances, as inventory/local.yml does for default-1) is printed below",
+               err=True)
     click.echo(str(inventory))
 
 
@@ -183,7 +189,7 @@ def proxy_cmd(host: str, lab_name: str | None) -> None:
 @_reported
 def golden_cmd(suite: str) -> None:
     """Build (if its recipe changed) the cached golden image and print its path."""
-    click.echo(str(golden.ensure(suite)))
+    click.echo(str(golden.ensure(suite, show=True)))
 
 
 if __name__ == "__main__":

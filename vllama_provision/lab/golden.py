@@ -22,6 +22,7 @@ from pathlib import Path
 from vllama_provision import paths
 from vllama_provision.errors import LabError, UsageError
 from vllama_provision.lab.system import file_lock, require_lab_machine, run
+from vllama_provision.longrun import last_line, run_logged
 
 RECIPE_VERSION = 1
 SUITES = ("bookworm", "trixie")
@@ -178,19 +179,30 @@ def _configure(root: Path, rec: Recipe, log: Path) -> None:
         "PermitRootLogin prohibit-password\n")
 
 
-def build(rec: Recipe, dest: Path, *, log: Path | None = None) -> float:
-    """Build the image for ``rec`` into ``dest`` (which must not exist). Returns seconds taken."""
+def log_path(rec: Recipe) -> Path:
+    """The build log of a recipe's image (kept after the build, beside the image)."""
+    return golden_root() / f"{rec.key}.log"
+
+
+def build(rec: Recipe, dest: Path, *, log: Path | None = None, show: bool = False) -> float:
+    """Build the image for ``rec`` into ``dest`` (which must not exist). Returns seconds taken.
+
+    With ``show``, the elapsed time and debootstrap's latest line are printed while it runs."""
     require_lab_machine(need_debootstrap=True)
     started = time.monotonic()
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".build-{rec.key}-", dir=dest.parent))
-    log = log or tmp / "build.log"
+    log = log or log_path(rec)
+    log.write_text("")
     try:
         root = tmp / "rootfs"
-        proc = run(["debootstrap", "--variant=minbase", "--include=" + ",".join(rec.packages),
-                    rec.suite, root, rec.mirrors.archive],
-                   what=f"debootstrap {rec.suite} from {rec.mirrors.archive}")
-        log.write_text(proc.stdout + proc.stderr)
+        what = f"debootstrap {rec.suite} from {rec.mirrors.archive}"
+        code = run_logged(["debootstrap", "--variant=minbase",
+                           "--include=" + ",".join(rec.packages), rec.suite, root,
+                           rec.mirrors.archive], log=log, what=f"golden image: {what}",
+                          show=show)
+        if code != 0:
+            raise LabError(f"{what} failed (exit {code}): {last_line(log, 300)}; see {log}")
         _configure(root, rec, log)
         (tmp / "recipe.json").write_text(json.dumps(
             {"suite": rec.suite, "packages": list(rec.packages),
@@ -210,8 +222,9 @@ def cached(suite: str = DEFAULT_SUITE) -> Path | None:
     return path if path.is_dir() else None
 
 
-def ensure(suite: str = DEFAULT_SUITE) -> Path:
-    """The cached golden rootfs for ``suite``, building it first when its recipe changed."""
+def ensure(suite: str = DEFAULT_SUITE, show: bool = False) -> Path:
+    """The cached golden rootfs for ``suite``, building it first when its recipe changed
+    (``show``: print progress while it builds)."""
     rec = recipe(suite)
     dest = image_dir(rec)
     if (dest / "rootfs").is_dir():
@@ -221,7 +234,7 @@ def ensure(suite: str = DEFAULT_SUITE) -> Path:
             for stale in golden_root().glob(f".build-{rec.key}-*"):  # from a killed build
                 shutil.rmtree(stale, ignore_errors=True)
             try:
-                build(rec, dest)
+                build(rec, dest, show=show)
             except LabError as exc:
                 raise LabError(f"cannot build the {suite} golden image: {exc}") from exc
     return dest / "rootfs"

@@ -49,6 +49,7 @@ class UpOptions:
     inventory_out: Path | None = None
     from_snapshot: str | None = None
     extra: dict[str, str] = field(default_factory=dict)
+    show_progress: bool = False  # print the golden image build's progress (it takes a minute)
 
     def validate(self) -> None:
         validate_lab_name(self.lab)
@@ -73,7 +74,7 @@ def _lowers(opts: UpOptions) -> tuple[str, list[str]]:
             opts.user = snap.users[0]  # the snapshot's login user stays usable for `become`
         return snap.suite, snap.layers
     suite = opts.suite or golden.DEFAULT_SUITE
-    return suite, [str(golden.ensure(suite))]
+    return suite, [str(golden.ensure(suite, show=opts.show_progress))]
 
 
 def _used_blocks(except_lab: str) -> set[int]:

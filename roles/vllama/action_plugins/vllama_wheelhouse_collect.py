@@ -31,8 +31,7 @@ class ActionModule(ActionBase):
                 if wheelhouse.archive(key):
                     continue
                 start = time.monotonic()
-                log = wheelhouse.folder(key).parent / f"{key.name}.log"
-                wheelhouse.build(key, log=log)
+                wheelhouse.build(key)
                 collected.append({"key": key.name,
                                   "seconds": round(time.monotonic() - start, 1)})
         except (VllamaError, KeyError, TypeError) as exc:
