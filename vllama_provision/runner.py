@@ -28,6 +28,8 @@ _PLAN_ACTION = "vllama_plan"
 _VERIFY_ACTION = "vllama_verify"
 _FACTS_ACTION = "vllama_host_facts"
 _RELEASE_ACTION = "vllama_release"
+# Tasks whose failure is a refusal (nothing changed yet) start with this word.
+REFUSAL_PREFIX = "Refuse "
 
 
 @dataclass
@@ -148,7 +150,9 @@ class EventHandler:
             if data.get("ignore_errors"):
                 self.progress.result(host, phase, task, "ignored")
                 return
-            refused = bool(res.get("vllama_refused"))
+            # A refusal changes nothing: modules say so (vllama_refused), and so do the role's
+            # checks named "Refuse ..." (asserts cannot add a field to their result).
+            refused = bool(res.get("vllama_refused")) or task.startswith(REFUSAL_PREFIX)
             report.status = "refused" if refused else "failed"
             report.failed_task = task
             report.error = _error_text(res)

