@@ -81,26 +81,53 @@ def _error_text(res: dict[str, Any]) -> str:
 
 
 class Progress:
-    """Live per-host progress lines: phase, task and the host's counts so far."""
+    """Live output of a run: per host, each phase as it starts and every task that changed,
+    failed or was refused; what merely confirmed the state is counted, and what does not apply
+    to the host (skipped tasks, by role) is summarised on one line when the host is done."""
 
     def __init__(self, enabled: bool = True, stream: Any = None):
         self.enabled = enabled
         self.stream = stream or sys.stderr
         self.counts: dict[str, dict[str, int]] = {}
+        self.phases: dict[str, str] = {}
+        self.skipped_roles: dict[str, dict[str, int]] = {}
 
-    def result(self, host: str, phase: str, task: str, outcome: str) -> None:
-        counts = self.counts.setdefault(host, {"ok": 0, "changed": 0, "failed": 0})
+    def _echo(self, text: str) -> None:
+        if self.enabled:
+            click.echo(text, err=True)
+
+    def result(self, host: str, phase: str, task: str, outcome: str,
+               role: str = "") -> None:
+        counts = self.counts.setdefault(host, {"ok": 0, "changed": 0, "failed": 0,
+                                               "skipped": 0})
         if outcome in counts:
             counts[outcome] += 1
         if outcome == "changed":
             counts["ok"] += 1
-        if not self.enabled or outcome in ("skipped",):
+        if outcome == "skipped":
+            where = role or phase or "play"
+            roles = self.skipped_roles.setdefault(host, {})
+            roles[where] = roles.get(where, 0) + 1
+            return
+        if phase and self.phases.get(host) != phase:
+            self.phases[host] = phase
+            self._echo(f"  {host:<16} [{phase}]")
+        if outcome in ("ok",):
             return
         colour = {"changed": "yellow", "failed": "red", "unreachable": "red",
                   "refused": "red"}.get(outcome)
         label = click.style(f"{outcome:<11}", fg=colour) if colour else f"{outcome:<11}"
-        tally = f"ok={counts['ok']} changed={counts['changed']}"
-        click.echo(f"  {host:<16} {label} [{phase or '-'}] {task}  ({tally})", err=True)
+        self._echo(f"  {host:<16}   {label} {task}")
+
+    def finish(self) -> None:
+        """One closing line per host: its counts and what did not apply to it."""
+        for host, counts in sorted(self.counts.items()):
+            line = f"  {host:<16} done: {counts['ok']} ok, {counts['changed']} changed"
+            skipped = self.skipped_roles.get(host) or {}
+            if skipped:
+                parts = ", ".join(f"{role} {n}" for role, n in sorted(skipped.items()))
+                line += f"; {counts['skipped']} task(s) not applicable here ({parts})"
+            self._echo(line)
 
 
 class EventHandler:
@@ -127,6 +154,7 @@ class EventHandler:
         kind = event.get("event", "")
         if kind == "playbook_on_stats":
             self.finished = True
+            self.progress.finish()
         data = event.get("event_data") or {}
         host = data.get("host")
         if not host or not kind.startswith("runner_on_"):
@@ -136,6 +164,7 @@ class EventHandler:
         res = data.get("res") or {}
         task = str(data.get("task") or "")
         phase = _phase(data)
+        role = str(data.get("role") or "")
         action = str(data.get("task_action") or "")
         report.phase = phase or report.phase
         if kind == "runner_on_ok":
@@ -164,7 +193,7 @@ class EventHandler:
             report.error = _error_text(res)
             self.progress.result(host, phase, task, "unreachable")
         elif kind == "runner_on_skipped":
-            self.progress.result(host, phase, task, "skipped")
+            self.progress.result(host, phase, task, "skipped", role)
 
     def settle(self) -> None:
         """After the run: a host that failed or was refused shows what it runs now (as last
