@@ -14,6 +14,8 @@ from e2e.conftest import engine_wheel
 from labtools import leftovers
 from wheels import ensure_relabelled
 
+from vllama_provision import paths
+
 pytestmark = [pytest.mark.lab, pytest.mark.molecule]
 
 REPO = Path(__file__).resolve().parents[2]
@@ -44,7 +46,9 @@ def _molecule_test(scenario: str, steps: tuple[str, ...]) -> None:
             pytest.fail(message, pytrace=False)
         pytest.skip(message)
     env = {**os.environ, "PATH": f"{molecule.parent}{os.pathsep}{os.environ.get('PATH', '')}",
-           "PYTHONPATH": str(REPO), "ANSIBLE_NOCOLOR": "1", "NO_COLOR": "1"}
+           "PYTHONPATH": str(REPO), "ANSIBLE_NOCOLOR": "1", "NO_COLOR": "1",
+           # molecule.yml: the roles are the collection vllama.provision, from this checkout.
+           "VLLAMA_MOLECULE_COLLECTIONS": str(paths.collections_dir())}
     # Its own session, so a timeout stops molecule AND its ansible-playbook children; then the
     # lab is taken down (molecule's destroy never ran) before the test fails.
     proc = subprocess.Popen([str(molecule), "test", "--scenario-name", scenario], cwd=REPO,
