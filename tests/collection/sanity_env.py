@@ -38,7 +38,9 @@ import sys
 sys.path.insert(0, os.path.join({wheels!r}, "pip-{version}-py3-none-any.whl"))
 from pip._internal.cli.main import main  # noqa: E402
 
-sys.exit(main(["install", "--no-index", "--find-links", {wheels!r}, *sys.argv[1:]]))
+# get-pip's own options (install no setuptools, no wheel) are what plain pip does anyway.
+args = [a for a in sys.argv[1:] if a not in ("--no-setuptools", "--no-wheel")]
+sys.exit(main(["install", "--no-index", "--find-links", {wheels!r}, *args]))
 '''
 
 
