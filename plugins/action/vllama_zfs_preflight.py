@@ -52,8 +52,8 @@ class ActionModule(ActionBase):
             return result
         refusals = zfs.preflight_refusals(parent, props, facts, wanted)
         pool = facts.get("pool") or {}
-        result.update(changed=False, pool={k: pool.get(k) for k in ("name", "version",
-                                                                     "available_bytes")},
+        keys = ("name", "version", "available_bytes")
+        result.update(changed=False, pool={k: pool.get(k) for k in keys},
                       datasets=facts.get("datasets") or [])
         if refusals:
             result.update(failed=True, vllama_refused=True, refusals=refusals,

@@ -9,6 +9,15 @@ under its temporary name) is handled by the next run.
 
 from __future__ import annotations
 
+DOCUMENTATION = r"""
+name: vllama_watchdog
+type: aggregate
+short_description: Stop the run when the vllama-provision CLI is gone
+description:
+  - Reads the CLI's pid from the VLLAMA_CLI_PID environment variable; does nothing without it.
+  - The vllama-provision CLI enables it (its ansible.cfg sets callbacks_enabled).
+"""
+
 import os
 import signal
 import threading
@@ -23,15 +32,6 @@ except ImportError as exc:
     VLLAMA_IMPORT_ERROR = exc
 else:
     VLLAMA_IMPORT_ERROR = None
-
-DOCUMENTATION = r"""
-name: vllama_watchdog
-type: aggregate
-short_description: Stop the run when the vllama-provision CLI is gone
-description:
-  - Reads the CLI's pid from the VLLAMA_CLI_PID environment variable; does nothing without it.
-  - The vllama-provision CLI enables it (its ansible.cfg sets callbacks_enabled).
-"""
 
 
 class CallbackModule(CallbackBase):

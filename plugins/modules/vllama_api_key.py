@@ -11,6 +11,8 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 module: vllama_api_key
 short_description: Ensure an engine instance's API key files
+description:
+  - Ensure an instance's API key exists on the host, 0600, and never print it.
 options:
   key_file:
     description: Key file (the key alone), mode 0600.
@@ -36,7 +38,7 @@ options:
     description: Replace the key with a new random one.
     type: bool
     default: false
-author: vllama-provision
+author: vllama-provision maintainers (@vllama-provision)
 """
 
 EXAMPLES = r"""

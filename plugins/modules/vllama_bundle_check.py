@@ -12,6 +12,8 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 module: vllama_bundle_check
 short_description: Check unpacked bundle files against their manifest hashes
+description:
+  - Check the bundle files unpacked on a host against the signed manifest's sha256 and size.
 options:
   root:
     description: Folder the files were unpacked into.
@@ -26,7 +28,7 @@ options:
     description: Remove I(root) when a file does not match.
     type: bool
     default: false
-author: vllama-provision
+author: vllama-provision maintainers (@vllama-provision)
 """
 
 EXAMPLES = r"""

@@ -29,7 +29,7 @@ options:
     description: Keep a timestamped copy of the old file when it changes.
     type: bool
     default: true
-author: vllama-provision
+author: vllama-provision maintainers (@vllama-provision)
 """
 
 EXAMPLES = r"""

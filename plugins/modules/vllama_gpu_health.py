@@ -29,7 +29,7 @@ options:
     description: Where kernel modules are installed.
     type: str
     default: /lib/modules
-author: vllama-provision
+author: vllama-provision maintainers (@vllama-provision)
 """
 
 EXAMPLES = r"""

@@ -14,6 +14,8 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 module: vllama_hf_download
 short_description: Download a Hugging Face snapshot into the vllama model store
+description:
+  - Download a Hugging Face model snapshot into the model store, checking every file.
 options:
   repo:
     description: ORG/NAME.
@@ -45,7 +47,7 @@ options:
     description: File holding an access token (gated models).
     type: path
     default: ""
-author: vllama-provision
+author: vllama-provision maintainers (@vllama-provision)
 """
 
 EXAMPLES = r"""

@@ -28,7 +28,7 @@ options:
     description: Where sysfs is mounted (a fake tree in tests).
     type: str
     default: /sys
-author: vllama-provision
+author: vllama-provision maintainers (@vllama-provision)
 """
 
 EXAMPLES = r"""

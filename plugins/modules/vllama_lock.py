@@ -11,6 +11,8 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 module: vllama_lock
 short_description: Take or release the vllama host lock
+description:
+  - The host lock, one vllama-provision run changes a host at a time.
 options:
   path:
     description: The lock file.
@@ -29,7 +31,7 @@ options:
     description: Replace the lock only if it is held by this (stale) run id.
     type: str
     default: ""
-author: vllama-provision
+author: vllama-provision maintainers (@vllama-provision)
 """
 
 EXAMPLES = r"""

@@ -11,6 +11,8 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 module: vllama_model_check
 short_description: Verify a staged model file (sha256, GGUF header)
+description:
+  - Check a staged model file, its full sha256, and for GGUF files the header.
 options:
   path:
     description: File to check.
@@ -45,7 +47,7 @@ options:
         moved onto an existing folder (a ZFS dataset's mount point) is moved in file by file.
     type: path
     default: ""
-author: vllama-provision
+author: vllama-provision maintainers (@vllama-provision)
 """
 
 EXAMPLES = r"""
@@ -111,7 +113,7 @@ def _value(handle, kind, keep):
     if kind == _ARRAY:
         item_kind = _read(handle, "<I")
         count = _read(handle, "<Q")
-        items = [_value(handle, item_kind, False) for _ in range(count)]
+        items = [_value(handle, item_kind, False) for _index in range(count)]
         return items if keep else None
     raise GGUFError(f"unknown GGUF value type {kind}")
 
@@ -129,7 +131,7 @@ def read_gguf_header(path):
         if count > 1 << 20:
             raise GGUFError("implausible number of header entries")
         meta = {}
-        for _ in range(count):
+        for _index in range(count):
             key = _string(handle)
             kind = _read(handle, "<I")
             meta[key] = _value(handle, kind, keep=False)

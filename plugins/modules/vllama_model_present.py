@@ -12,6 +12,8 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 module: vllama_model_present
 short_description: List the copied models a host's store does not hold yet
+description:
+  - Which of the models the controller copies are not in the host's store yet.
 options:
   sources:
     description:
@@ -19,7 +21,7 @@ options:
         C(model.mode), C(model.store_path) and, for folders, C(model.files)).
     type: dict
     required: true
-author: vllama-provision
+author: vllama-provision maintainers (@vllama-provision)
 """
 
 EXAMPLES = r"""

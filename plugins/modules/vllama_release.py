@@ -14,6 +14,8 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 module: vllama_release
 short_description: Inspect, switch, record and prune vllama releases
+description:
+  - Releases on a host, read them, switch between them, record the outcome, collect garbage.
 options:
   operation:
     description:
@@ -85,7 +87,7 @@ options:
     description: Records kept in the history file.
     type: int
     default: 1000
-author: vllama-provision
+author: vllama-provision maintainers (@vllama-provision)
 """
 
 EXAMPLES = r"""
@@ -218,7 +220,7 @@ def _release_info(folder, rid):
 def _instance_names(install_root, wanted):
     root = os.path.join(install_root, "instances")
     found = sorted(n for n in os.listdir(root)) if os.path.isdir(root) else []
-    return [n for n in (wanted if wanted is not None else found)]
+    return list(wanted if wanted is not None else found)
 
 
 def inspect(params):

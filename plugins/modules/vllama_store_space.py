@@ -12,6 +12,8 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 module: vllama_store_space
 short_description: Check free space for the models a run stages
+description:
+  - Preflight, can the host hold what this run's new releases add?
 options:
   root:
     description: The models root.
@@ -36,7 +38,7 @@ options:
     description: Space to keep free beyond the models.
     type: int
     default: 0
-author: vllama-provision
+author: vllama-provision maintainers (@vllama-provision)
 """
 
 EXAMPLES = r"""

@@ -13,6 +13,8 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 module: vllama_verify
 short_description: Verify vllama-provision engine endpoints
+description:
+  - Verify OpenAI endpoints for real, from the host itself.
 options:
   instances:
     description: Instances to verify (name, local_endpoint, served_name, readiness, key_file).
@@ -31,7 +33,7 @@ options:
     description: Tokens to generate in the test completions.
     type: int
     default: 32
-author: vllama-provision
+author: vllama-provision maintainers (@vllama-provision)
 """
 
 EXAMPLES = r"""
@@ -98,7 +100,7 @@ def check_models(base, key, served):
     ids = [m.get("id") for m in json.loads(body).get("data", [])]
     if ids != [served]:
         raise ProbeError(f"/v1/models lists {ids}, expected exactly ['{served}']")
-    anonymous, _ = _status(base + "/v1/models")
+    anonymous, _body = _status(base + "/v1/models")
     if anonymous not in (401, 403):
         raise ProbeError(f"/v1/models without the key answered HTTP {anonymous}, not 401")
 
@@ -190,7 +192,7 @@ def main():
         "instances": {"type": "list", "elements": "dict", "required": True},
         "prompt": {"type": "str", "default": "What is the capital of France?"},
         "timeout": {"type": "int", "default": 600},
-        "max_tokens": {"type": "int", "default": 32},
+        "max_tokens": {"type": "int", "default": 32, "no_log": False},
     }, supports_check_mode=True)
     if module.check_mode:
         module.exit_json(changed=False, skipped=True, instances=[],

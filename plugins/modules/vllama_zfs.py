@@ -26,6 +26,8 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 module: vllama_zfs
 short_description: Read, create, seal and destroy ZFS model datasets (zfs-fuse compatible)
+description:
+  - ZFS model datasets on a host, read what the pool supports, create, seal and destroy.
 options:
   state:
     description: What to do.
@@ -59,7 +61,7 @@ options:
     type: list
     elements: str
     default: []
-author: vllama-provision
+author: vllama-provision maintainers (@vllama-provision)
 """
 
 EXAMPLES = r"""
@@ -123,15 +125,15 @@ class Zfs:
         return rc, out, err
 
     def pools(self):
-        rc, out, _ = self.run([self.zpool, "list", "-H", "-o", "name"], check=False)
+        rc, out, _err = self.run([self.zpool, "list", "-H", "-o", "name"], check=False)
         if rc != 0:
-            rc, out, _ = self.run([self.zpool, "list"], check=False)
+            rc, out, _err = self.run([self.zpool, "list"], check=False)
             return [line.split()[0] for line in out.splitlines()[1:] if line.strip()]
         return [line.strip() for line in out.splitlines() if line.strip()]
 
     def pool_props(self, pool):
         """``zpool get all POOL``: every property, including feature@* on OpenZFS."""
-        _, out, _ = self.run([self.zpool, "get", "all", pool])
+        _rc, out, _err = self.run([self.zpool, "get", "all", pool])
         props = {}
         for line in out.splitlines():
             fields = line.split()
@@ -141,8 +143,8 @@ class Zfs:
 
     def get(self, name, props="all"):
         """``zfs get``: property -> (value, source); None when the dataset does not exist."""
-        rc, out, _ = self.run([self.zfs, "get", "-H", "-o", "property,value,source", props, name],
-                              check=False)
+        rc, out, _err = self.run([self.zfs, "get", "-H", "-o", "property,value,source", props,
+                                  name], check=False)
         if rc != 0:
             return None
         values = {}
@@ -153,18 +155,18 @@ class Zfs:
         return values
 
     def exists(self, name):
-        rc, _, _ = self.run([self.zfs, "list", "-H", "-o", "name", name], check=False)
+        rc, _out, _err = self.run([self.zfs, "list", "-H", "-o", "name", name], check=False)
         return rc == 0
 
     def snapshots(self, name):
-        rc, out, _ = self.run([self.zfs, "list", "-H", "-t", "snapshot", "-o", "name", "-r",
+        rc, out, _err = self.run([self.zfs, "list", "-H", "-t", "snapshot", "-o", "name", "-r",
                                name], check=False)
         if rc != 0:
             return []
         return [s.split("@", 1)[1] for s in out.split() if s.startswith(name + "@")]
 
     def children(self, parent):
-        rc, out, _ = self.run([self.zfs, "list", "-H", "-r", "-t", "filesystem", "-o",
+        rc, out, _err = self.run([self.zfs, "list", "-H", "-r", "-t", "filesystem", "-o",
                                f"name,mountpoint,{MARK_CONTENT}", parent], check=False)
         if rc != 0:
             return []

@@ -22,7 +22,7 @@ options:
 notes:
   - An action plugin that runs on the controller with the vllama-provision Python package
     (exactly the collection's version); the roles of this collection call it.
-author: vllama-provision
+author: vllama-provision maintainers (@vllama-provision)
 """
 
 EXAMPLES = r"""
