@@ -160,14 +160,14 @@ class Zfs:
 
     def snapshots(self, name):
         rc, out, _err = self.run([self.zfs, "list", "-H", "-t", "snapshot", "-o", "name", "-r",
-                               name], check=False)
+                                 name], check=False)
         if rc != 0:
             return []
         return [s.split("@", 1)[1] for s in out.split() if s.startswith(name + "@")]
 
     def children(self, parent):
         rc, out, _err = self.run([self.zfs, "list", "-H", "-r", "-t", "filesystem", "-o",
-                               f"name,mountpoint,{MARK_CONTENT}", parent], check=False)
+                                 f"name,mountpoint,{MARK_CONTENT}", parent], check=False)
         if rc != 0:
             return []
         found = []
