@@ -288,15 +288,15 @@ def ansible_env() -> dict[str, str]:
     bindir = str(Path(sys.executable).parent)
     return {
         "ANSIBLE_CONFIG": str(paths.ansible_cfg()),
-        "ANSIBLE_ROLES_PATH": str(paths.roles_dir()),
+        # The roles and plugins are the collection vllama.provision (called by their FQCNs).
+        "ANSIBLE_COLLECTIONS_PATH": str(paths.collections_dir()),
         "ANSIBLE_INVENTORY_UNPARSED_FAILED": "1",
         "ANSIBLE_PYTHON_INTERPRETER": "auto_silent",
         "PATH": bindir + os.pathsep + os.environ.get("PATH", ""),
         "VLLAMA_TEMPLATES_DIR": str(paths.templates_dir()),
-        # The watchdog callback stops the run when this process dies. ansible-runner sets
-        # ANSIBLE_CALLBACK_PLUGINS itself (overriding ansible.cfg) and appends to this value.
+        # The watchdog callback (vllama.provision.vllama_watchdog, enabled by ansible.cfg)
+        # stops the run when this process dies.
         "VLLAMA_CLI_PID": str(os.getpid()),
-        "ANSIBLE_CALLBACK_PLUGINS": str(paths.data_root() / "plugins" / "callback"),
         # The role keeps the controller's private key copies and fetched wheels here.
         "VLLAMA_STATE_DIR": str(paths.state_dir()),
         "PYTHONPATH": str(Path(__file__).resolve().parent.parent) + os.pathsep
