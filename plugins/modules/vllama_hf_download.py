@@ -75,9 +75,10 @@ import json
 import os
 import urllib.error
 import urllib.parse
-import urllib.request
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.urls import ConnectionError as UrlError
+from ansible.module_utils.urls import open_url
 
 # What an engine needs from a repository when no file is named.
 DEFAULT_PATTERNS = ("*.json", "*.safetensors", "tokenizer*", "*.model", "*.tiktoken",
@@ -89,16 +90,14 @@ class DownloadError(Exception):
 
 
 def _get(url, token, timeout=60):
-    request = urllib.request.Request(url, headers={"User-Agent": "vllama-provision"})
-    if token:
-        request.add_header("Authorization", f"Bearer {token}")
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
-        return urllib.request.urlopen(request, timeout=timeout)
+        return open_url(url, headers=headers, http_agent="vllama-provision", timeout=timeout)
     except urllib.error.HTTPError as exc:
         hint = (" (gated or private: set vllama_hf_token_file to a file holding a token)"
                 if exc.code in (401, 403) else "")
         raise DownloadError(f"{url}: HTTP {exc.code}{hint}") from None
-    except (urllib.error.URLError, OSError) as exc:
+    except (urllib.error.URLError, UrlError, OSError) as exc:
         raise DownloadError(f"{url}: {exc}") from None
 
 

@@ -121,9 +121,10 @@ import subprocess
 import tempfile
 import time
 import urllib.error
-import urllib.request
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.urls import ConnectionError as UrlError
+from ansible.module_utils.urls import open_url
 
 
 def _read_json(path, default):
@@ -265,15 +266,14 @@ def inspect(params):
 
 
 def _get(url, key, timeout=5):
-    request = urllib.request.Request(url)
-    if key:
-        request.add_header("Authorization", "Bearer " + key)
+    headers = {"Authorization": "Bearer " + key} if key else {}
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as resp:
+        with open_url(url, headers=headers, http_agent="vllama-provision",
+                      timeout=timeout) as resp:
             return resp.status, resp.read(65536).decode("utf-8", "replace")
     except urllib.error.HTTPError as exc:
         return exc.code, ""
-    except (OSError, ValueError) as exc:
+    except (UrlError, OSError, ValueError) as exc:
         return 0, str(getattr(exc, "reason", exc))
 
 

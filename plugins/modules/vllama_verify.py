@@ -52,9 +52,10 @@ instances:
 import json
 import time
 import urllib.error
-import urllib.request
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.urls import ConnectionError as UrlError
+from ansible.module_utils.urls import open_url
 
 
 class ProbeError(Exception):
@@ -66,9 +67,8 @@ def _request(url, key=None, body=None, timeout=30):
     if key:
         headers["Authorization"] = f"Bearer {key}"
     data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, headers=headers,
-                                 method="POST" if body is not None else "GET")
-    return urllib.request.urlopen(req, timeout=timeout)
+    return open_url(url, data=data, headers=headers, http_agent="vllama-provision",
+                    method="POST" if body is not None else "GET", timeout=timeout)
 
 
 def _status(url, key=None):
@@ -77,7 +77,7 @@ def _status(url, key=None):
             return resp.status, resp.read()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read()
-    except (urllib.error.URLError, OSError):
+    except (urllib.error.URLError, UrlError, OSError):
         return None, b""
 
 
@@ -182,7 +182,7 @@ def verify_one(inst, prompt, timeout, max_tokens):
         out["verified_from"] = ["host"]
     except ProbeError as exc:
         out["error"] = str(exc)
-    except (urllib.error.URLError, OSError, ValueError) as exc:
+    except (urllib.error.URLError, UrlError, OSError, ValueError) as exc:
         out["error"] = f"request failed: {exc}"
     return out
 
