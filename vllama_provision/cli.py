@@ -205,10 +205,14 @@ def _validate_rendered(files: list[Any], instances: list[Any]) -> list[str]:
 @batch_options
 @click.option("--allow-downgrade", is_flag=True,
               help="Allow an engine_version older than what a host runs.")
+@click.option("--verify-store", is_flag=True,
+              help="Hash every stored model in full (otherwise only models whose size, mtime "
+                   "or inode changed since their check are hashed again).")
 @bundle_options
 def apply(inventory: Path, limit: str | None, json_out: str | None, check: bool, diff: bool,
           verbose: int, break_lock: bool, batch: str | None, max_fail: int,
-          allow_downgrade: bool, bundle: Path | None, bundle_key: Path | None) -> None:
+          allow_downgrade: bool, verify_store: bool, bundle: Path | None,
+          bundle_key: Path | None) -> None:
     """Provision every host: engine, model, service, verified endpoint.
 
     Every change goes through a release: a host whose new release fails verification is
@@ -217,7 +221,9 @@ def apply(inventory: Path, limit: str | None, json_out: str | None, check: bool,
     With --batch or --max-fail, hosts are prepared all at once and switched batch by batch,
     as `upgrade` does.
     """
-    extravars = {"vllama_allow_downgrade": True} if allow_downgrade else {}
+    extravars: dict[str, Any] = {"vllama_allow_downgrade": True} if allow_downgrade else {}
+    if verify_store:
+        extravars["vllama_verify_store"] = True
     extravars.update(bundle_extravars(bundle, bundle_key, inventory, limit))
     if (batch or max_fail) and not check:
         from vllama_provision.fleet_cli import rollout_cmd, target_hosts

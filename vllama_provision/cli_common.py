@@ -135,9 +135,16 @@ def apply_like(command: str, inventory: Path, limit: str | None, *, check: bool,
     from vllama_provision.runner import Progress, RunRequest, run_playbook
 
     load_inventory(inventory, limit)  # bad input never reaches a host
+    extravars = dict(extravars or {})
+    if not check and playbook == "site.yml":
+        from vllama_provision.verify import reachable_endpoints
+
+        # Instances of a host the run leaves unchanged are verified from here after the run
+        # (all at once) where this controller reaches them; the role verifies the others.
+        extravars["vllama_controller_verifies"] = reachable_endpoints(inventory, limit)
     request = RunRequest(playbook=playbook, inventory=inventory, command=command, limit=limit,
                          check=check, diff=diff, verbosity=verbose, tags=tags or [],
-                         break_lock=break_lock, extravars=extravars or {})
+                         break_lock=break_lock, extravars=extravars)
     mode = " (check mode: nothing is changed)" if check else ""
     click.echo(f"{command}: {inventory}{mode}", err=True)
     result = run_playbook(request, progress=Progress(), on_event=diff_printer(diff))
@@ -181,19 +188,36 @@ def _echo_diff(host: str, diffs: Any) -> None:
 
 
 def controller_checks(report: Report, plans: dict[str, dict[str, Any]]) -> None:
-    """Repeat verification from the controller, for every instance its host verified, all at
-    once, with the prompt the host used (the host's `vllama_verify_prompt`)."""
+    """Verify from the controller, all at once, with each host's `vllama_verify_prompt`: every
+    instance its host verified (a second opinion), and every instance of a host that ended ok
+    without verifying it (nothing changed there: this is its verification, and a failure fails
+    the host)."""
     from vllama_provision.verify import verify_all
 
-    targets = [(host, inst, plan.get("verify_prompt") or DEFAULT_PROMPT)
-               for host, plan in sorted(plans.items())
-               for inst in plan.get("instances") or []
-               if report.host(host).instance(inst["name"]).verified]
+    targets = []
+    for host, plan in sorted(plans.items()):
+        entry = report.host(host)
+        for inst in plan.get("instances") or []:
+            item = entry.instance(inst["name"])
+            unverified = item.verified is None and entry.status in ("ok", "changed")
+            if item.verified or unverified:
+                targets.append((host, inst, plan.get("verify_prompt") or DEFAULT_PROMPT))
     for (host, name), check in verify_all(targets).items():
-        item = report.host(host).instance(name)
+        entry = report.host(host)
+        item = entry.instance(name)
+        first = item.verified is None
         if check.verified:
             item.verified_from = sorted({*item.verified_from, "controller"})
             item.extra["controller_answer"] = check.answer
+            if first:
+                item.verified = True
+                item.answer, item.ttft_ms, item.tokens_per_s = (check.answer, check.ttft_ms,
+                                                                check.tokens_per_s)
+        elif first:
+            item.verified = False
+            entry.status = "failed"
+            entry.failed_task = "Verify every endpoint from the controller."
+            entry.error = "; ".join(p for p in (entry.error, f"{name}: {check.detail}") if p)
         else:
             click.echo(f"  {host} {name}: not verified from the controller: {check.detail}",
                        err=True)

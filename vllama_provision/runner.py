@@ -28,6 +28,7 @@ _PLAN_ACTION = "vllama_plan"
 _VERIFY_ACTION = "vllama_verify"
 _FACTS_ACTION = "vllama_host_facts"
 _RELEASE_ACTION = "vllama_release"
+_STATE_ACTION = "vllama_state"
 # Tasks whose failure is a refusal (nothing changed yet) start with this word.
 REFUSAL_PREFIX = "Refuse "
 
@@ -80,6 +81,11 @@ def _error_text(res: dict[str, Any]) -> str:
     return text[:2000]
 
 
+# The role's phases: each is shown as it starts; other task files (facts, base, a role's main
+# tasks) are named only when something happens in them.
+PHASES = ("preflight", "install", "configure", "run")
+
+
 class Progress:
     """Live output of a run: per host, each phase as it starts and every task that changed,
     failed or was refused; what merely confirmed the state is counted, and what does not apply
@@ -109,15 +115,24 @@ class Progress:
             roles = self.skipped_roles.setdefault(host, {})
             roles[where] = roles.get(where, 0) + 1
             return
-        if phase and self.phases.get(host) != phase:
-            self.phases[host] = phase
-            self._echo(f"  {host:<16} [{phase}]")
+        if phase in PHASES and self.phases.get(host) != phase:
+            self._phase(host, phase)
         if outcome in ("ok",):
             return
+        if phase and self.phases.get(host) != phase:
+            self._phase(host, phase)
         colour = {"changed": "yellow", "failed": "red", "unreachable": "red",
                   "refused": "red"}.get(outcome)
         label = click.style(f"{outcome:<11}", fg=colour) if colour else f"{outcome:<11}"
         self._echo(f"  {host:<16}   {label} {task}")
+
+    def _phase(self, host: str, phase: str) -> None:
+        self.phases[host] = phase
+        self._echo(f"  {host:<16} [{phase}]")
+
+    def note(self, host: str, text: str) -> None:
+        """A line about the host that is not a task's outcome (what differs from its state)."""
+        self._echo(f"  {host:<16}   {text}")
 
     def finish(self) -> None:
         """One closing line per host: its counts and what did not apply to it."""
@@ -239,6 +254,20 @@ class EventHandler:
                 report.notes.append(f"removed {len(res['removed'])} unreferenced release(s), "
                                     f"engine(s) or model copies, freed "
                                     f"{int(res.get('freed_bytes') or 0) / 2**20:.0f} MiB")
+        elif short == _STATE_ACTION and isinstance(res.get("instances"), dict):
+            if host not in self.running:
+                self.running[host] = _now_running(res["instances"])
+            differences = list(res.get("differences") or [])
+            report.extra["differences"] = differences
+            report.extra["phases"] = list(res.get("phases") or [])
+            for text in differences:
+                self.progress.note(host, f"differs: {text}")
+            for path in sorted({Path(p).with_suffix("").as_posix()
+                                for p in res.get("exposed_keys") or []}):
+                report.notes.append(
+                    f"the key file {path}.key/.env was readable by others (its mode is "
+                    "repaired); treat the key as exposed and rotate it: vllama-provision key "
+                    f"rotate INVENTORY {host} {Path(path).name}")
         elif short == _FACTS_ACTION and isinstance(res.get("vllama_facts"), dict):
             self.result.facts[host] = res["vllama_facts"]
         if res.get("stale_lock"):

@@ -191,6 +191,9 @@ HOST_OPTIONS: tuple[Option, ...] = (
            default="What is the capital of France?"),
     Option("vllama_verify_timeout", "int", "Seconds an engine may take to become ready.",
            default=600, minimum=10, maximum=7200),
+    Option("vllama_verify_store", "bool", "Hash every model in the store in full on this run "
+           "(otherwise a model is hashed again only when its size, mtime or inode changed "
+           "since its check); `apply --verify-store` sets it.", default=False),
     Option("vllama_hf_endpoint", "str", "Hugging Face endpoint hosts download models from "
            "(the Hub, or a mirror).", default="https://huggingface.co",
            pattern=r"^https?://[^\s]+$", pattern_help="an http(s) URL"),

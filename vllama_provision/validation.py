@@ -50,7 +50,7 @@ OTHER_PREFIXES = ("vllama_lab", "vllama_base_", "vllama_facts", "vllama_run_", "
                   "vllama_break_lock", "vllama_rotate_keys", "vllama_inventory_sha256",
                   # Set by the CLI for one run (upgrade, rollback, apply flags), never by hand.
                   "vllama_allow_downgrade", "vllama_require_artifacts", "vllama_rollback",
-                  "vllama_engine_override", "vllama_phase",
+                  "vllama_engine_override", "vllama_phase", "vllama_controller_verifies",
                   # The ZFS GC entry point's input and registered result (tasks/zfs-gc.yml):
                   # a later include of the role in the same play sees them as host variables.
                   "vllama_zfs_gc_")

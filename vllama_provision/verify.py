@@ -238,3 +238,40 @@ def verify_fleet(inventory: Path, limit: str | None, *, verbose: int = 0) -> Rep
             report.hosts[name] = entry
     report.hosts = dict(sorted(report.hosts.items()))
     return report
+
+
+def reachable_endpoints(inventory: Path, limit: str | None,
+                        timeout: float = 1.0) -> dict[str, list[str]]:
+    """HOST -> the instances whose endpoint (as planned offline) accepts a TCP connection from
+    here and whose key copy this controller holds: the ones it verifies itself after a run in
+    which their host changed nothing (the role verifies the others on the host)."""
+    from vllama_provision import facts as fact_cache
+    from vllama_provision.inventory import load_inventory
+    from vllama_provision.planner import plan_host
+
+    targets: list[tuple[str, str, str, int]] = []
+    for host in load_inventory(inventory, limit):
+        plan = plan_host(host, fact_cache.load(inventory, host.name))
+        for inst in plan.instances:
+            url = httpx.URL(inst.endpoint)
+            if url.host and url.port and read_key(host.name, inst.name) is not None:
+                targets.append((host.name, inst.name, url.host, url.port))
+
+    async def probe(address: str, port: int) -> bool:
+        try:
+            _reader, writer = await asyncio.wait_for(asyncio.open_connection(address, port),
+                                                     timeout)
+        except (TimeoutError, OSError):
+            return False
+        writer.close()
+        return True
+
+    async def run() -> list[bool]:
+        return list(await asyncio.gather(*(probe(a, p) for _h, _n, a, p in targets)))
+
+    found: dict[str, list[str]] = {}
+    for (host, name, _address, _port), ok in zip(targets, asyncio.run(run()) if targets else [],
+                                                 strict=True):
+        if ok:
+            found.setdefault(host, []).append(name)
+    return found

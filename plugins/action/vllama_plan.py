@@ -7,6 +7,8 @@ exactly as ``vllama-provision render`` renders it. Refusals fail the task with
 
 from __future__ import annotations
 
+import hashlib
+
 from ansible.plugins.action import ActionBase
 from ansible_collections.vllama.provision.plugins.plugin_utils.vllama_package import require_package
 
@@ -14,7 +16,8 @@ try:  # the vllama-provision package, in exactly this collection's version (chec
     from vllama_provision import gpu
     from vllama_provision.inventory import HostSpec, host_vars_from_task, to_plain
     from vllama_provision.planner import EngineOverride, plan_host
-    from vllama_provision.render import MANAGED
+    from vllama_provision.render import MANAGED, render_host
+    from vllama_provision.verify import key_path
 except ImportError as exc:
     VLLAMA_IMPORT_ERROR = exc
 else:
@@ -41,6 +44,15 @@ class ActionModule(ActionBase):
         plan = plan_host(HostSpec(name=host, file="inventory", vars=host_vars), facts, override)
         data = plan.to_dict()
         data["managed"] = MANAGED
+        if plan.platform is not None and not plan.refused:
+            # What the host's files must hold (the converged check compares their hashes)...
+            data["rendered"] = [
+                {"instance": f.instance, "dest": f.dest, "mode": f.mode,
+                 "sha256": hashlib.sha256(f.content.encode("utf-8")).hexdigest()}
+                for f in render_host(plan)]
+            # ... and which key copies this controller holds (verification reads them).
+            data["controller_keys"] = {i.name: key_path(host, i.name).is_file()
+                                       for i in plan.instances}
         refusals = [f"{c['instance'] + ': ' if c['instance'] else ''}{c['message']}"
                     for c in data["checks"] + [c for i in data["instances"] for c in i["checks"]]
                     if c["level"] == "refuse"]

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
+
 from ansible.errors import AnsibleFilterError
 
 
@@ -189,21 +192,92 @@ def vllama_changed_units(rendered):
                    if r.get("changed") and str(r.get("dest", "")).startswith("/etc/systemd/")})
 
 
-def vllama_restarts(switches, rendered, keys=(), releases=None):
+def vllama_restarts(switches, rendered, keys=(), releases=None, restaged=()):
     """Instances to restart: their release switched (or a killed run's switch is unfinished,
-    or the engine started before the last switch), their unit file or their key changed, or
-    systemd holds an outdated copy of their unit."""
-    changed_units = set(vllama_changed_units(rendered))
+    or the engine started before the last switch), a file they read (their unit, their
+    release's engine.env or compose file) or their key changed, their model was staged again,
+    or systemd holds an outdated copy of their unit."""
+    changed_files = {r["item"][0]["name"] for r in rendered
+                     if r.get("changed") and isinstance(r.get("item"), list) and r["item"]}
     new_keys = {r["item"]["name"] for r in keys if r.get("changed") and "item" in r}
+    restaged = set(restaged)
     releases = releases or {}
     return [s for s in switches
-            if s["restart"] or f"/etc/systemd/system/{s['unit']}" in changed_units
-            or s["name"] in new_keys or (releases.get(s["name"]) or {}).get("need_reload")]
+            if s["restart"] or s["name"] in changed_files or s["name"] in new_keys
+            or s["name"] in restaged or (releases.get(s["name"]) or {}).get("need_reload")]
+
+
+def vllama_identity_record(path, state_root):
+    """Where the identity (size, mtime, inode) of a checked model at ``path`` is recorded."""
+    digest = hashlib.sha256(str(path).encode()).hexdigest()[:16]
+    return f"{state_root}/models/{digest}.json"
+
+
+def _native_engine(inst):
+    package = str(inst.get("engine_package") or "")
+    return inst.get("deploy") == "native" and package[:1].isalpha() and \
+        not package.startswith("brew:")
+
+
+def vllama_manifest(inst, sources):
+    """The manifest.json of an instance's release (the configure phase writes it)."""
+    model = sources[inst["name"]]["model"]
+    return {"release": inst["release"], "engine": inst["engine"], "server": inst["server"],
+            "engine_version": inst["engine_version"], "engine_package": inst["engine_package"],
+            "engine_key": inst["engine_key"], "deploy": inst["deploy"],
+            "model": inst["model"]["raw"], "model_file": model["file_name"],
+            "model_sha256": model["sha256"], "model_store": model["store_dir"],
+            "served_name": inst["served_name"], "local_endpoint": inst["local_endpoint"],
+            "readiness": inst["readiness"], "argv": inst["argv"], "env": inst["env"]}
+
+
+def vllama_desired(plan, sources):
+    """The whole desired state of a host, for the vllama_state module to compare in one round
+    trip: folders and service user, and per instance its release (folder, manifest, links),
+    rendered files (content hash, mode, owner), engine, model identity, keys and unit."""
+    rendered = {}
+    for item in plan.get("rendered") or []:
+        rendered.setdefault(item["instance"], []).append(
+            {"path": item["dest"], "sha256": item["sha256"], "mode": item["mode"],
+             "owner": "root"})
+    instances = []
+    for inst in plan["instances"]:
+        model = sources[inst["name"]]["model"]
+        paths = inst["paths"]
+        release_dir = f"{paths['releases']}/{inst['release']}"
+        model_path = model.get("store_path") or model.get("host_path") or ""
+        model_dir = model.get("store_dir") or os.path.dirname(model.get("host_path") or "")
+        links = {f"{release_dir}/model": model_dir}
+        if inst["deploy"] == "native":
+            links[f"{release_dir}/engine"] = paths["engine_venv"]
+        key_owner = plan["service_user"] if inst["server"] == "llama-server" else "root"
+        instances.append({
+            "name": inst["name"], "release": inst["release"], "unit": paths["unit_name"],
+            "release_dir": release_dir, "manifest": vllama_manifest(inst, sources),
+            "links": links,
+            "engine_python": f"{paths['engine_venv']}/bin/python" if _native_engine(inst)
+            else "",
+            # Models the role checks get an identity record; a snapshot the host downloads is
+            # checked file by file as it arrives, and only its presence is compared here.
+            "model": {"path": model_path,
+                      "record": vllama_identity_record(model_path, plan["state_root"])
+                      if model_path and (model.get("file_name") or model.get("files")) else ""},
+            "files": rendered.get(inst["name"], []),
+            "keys": [{"path": paths["key_file"], "owner": key_owner},
+                     {"path": paths["secret_env"], "owner": "root"}],
+            "controller_key": bool((plan.get("controller_keys") or {}).get(inst["name"])),
+        })
+    return {"install_root": plan["install_root"], "service_user": plan["service_user"],
+            "folders": [plan["install_root"], plan["state_root"], plan["models_root"]],
+            "instances": instances}
 
 
 class FilterModule:
     def filters(self):
         return {"vllama_missing_wheels": vllama_missing_wheels,
+                "vllama_desired": vllama_desired,
+                "vllama_manifest": vllama_manifest,
+                "vllama_identity_record": vllama_identity_record,
                 "vllama_switches": vllama_switches,
                 "vllama_rollback_targets": vllama_rollback_targets,
                 "vllama_verify_instances": vllama_verify_instances,

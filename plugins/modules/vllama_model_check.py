@@ -47,6 +47,19 @@ options:
         moved onto an existing folder (a ZFS dataset's mount point) is moved in file by file.
     type: path
     default: ""
+  record:
+    description:
+      - Once checked, record the model's identity (size, mtime and inode of each of its files)
+        in this JSON file, so later runs compare that instead of hashing the content again.
+    type: path
+    default: ""
+  quarantine:
+    description:
+      - A store copy that fails its check is moved aside (to C(.damaged-NAME-TIME) beside it,
+        kept for inspection) instead of failing the task, so it can be staged again from its
+        source; the result says C(quarantined).
+    type: bool
+    default: false
 author: vllama-provision maintainers (@vllama-provision)
 """
 
@@ -70,9 +83,11 @@ gguf:
 """
 
 import hashlib
+import json
 import os
 import shutil
 import struct
+import time
 
 from ansible.module_utils.basic import AnsibleModule
 
@@ -203,6 +218,40 @@ def move_into(path, into):
     shutil.rmtree(path)
 
 
+def identity(path):
+    """Size, mtime (ns) and inode of a file, or of every file under a folder ('' = the file)."""
+    if not os.path.isdir(path):
+        st = os.stat(path)
+        return {"": [st.st_size, st.st_mtime_ns, st.st_ino]}
+    found = {}
+    for folder, _dirs, names in os.walk(path):
+        for name in names:
+            full = os.path.join(folder, name)
+            st = os.stat(full)
+            found[os.path.relpath(full, path)] = [st.st_size, st.st_mtime_ns, st.st_ino]
+    return found
+
+
+def write_identity(record, path):
+    os.makedirs(os.path.dirname(record), mode=0o755, exist_ok=True)
+    tmp = f"{record}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as handle:
+        json.dump({"path": path, "files": identity(path)}, handle, sort_keys=True)
+        handle.write("\n")
+    os.replace(tmp, record)
+
+
+def quarantine(path):
+    """Move a damaged store copy aside; returns where, or '' when it cannot be moved."""
+    folder, name = os.path.split(path.rstrip("/"))
+    aside = os.path.join(folder, f".damaged-{name}-{time.strftime('%Y%m%dT%H%M%S')}")
+    try:
+        os.rename(path, aside)
+    except OSError:
+        return ""
+    return aside
+
+
 def main():
     module = AnsibleModule(argument_spec={
         "path": {"type": "path", "required": True},
@@ -212,11 +261,19 @@ def main():
         "remove_on_failure": {"type": "bool", "default": False},
         "files": {"type": "list", "elements": "dict", "default": []},
         "into": {"type": "path", "default": ""},
+        "record": {"type": "path", "default": ""},
+        "quarantine": {"type": "bool", "default": False},
     }, supports_check_mode=True)
     path = module.params["path"]
     into = module.params["into"]
 
     def refuse(msg, **extra):
+        if module.params["quarantine"] and not module.check_mode:
+            aside = quarantine(path)
+            if aside:
+                module.exit_json(changed=True, quarantined=aside, path=path,
+                                 msg=f"{msg}; the damaged copy was moved aside to {aside}")
+            msg += "; the damaged copy could not be moved aside (read-only store)"
         if module.params["remove_on_failure"] and not module.check_mode:
             if os.path.isdir(path) and not os.path.islink(path):
                 shutil.rmtree(path)
@@ -229,6 +286,8 @@ def main():
         if into and not module.check_mode:
             move_into(path, into)
             result.update(changed=True, path=into)
+        if module.params["record"] and not module.check_mode:
+            write_identity(module.params["record"], result.get("path") or path)
         module.exit_json(**result)
 
     if module.params["files"]:
@@ -245,7 +304,7 @@ def main():
     if os.path.isdir(path) and not module.params["gguf"]:
         # A Hugging Face folder (vLLM): its files are checked when they are downloaded; here
         # only that it is one (config.json and weights), so a wrong path fails before a start.
-        module.exit_json(**check_hf_folder(refuse, path))
+        done(check_hf_folder(refuse, path))
     if not os.path.isfile(path):
         module.fail_json(msg=f"model file {path} does not exist on the host")
     result = {"changed": False, "path": path, "size": os.path.getsize(path)}

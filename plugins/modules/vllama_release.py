@@ -117,146 +117,35 @@ import contextlib
 import json
 import os
 import shutil
-import subprocess
-import tempfile
 import time
 import urllib.error
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.urls import ConnectionError as UrlError
 from ansible.module_utils.urls import open_url
-
-
-def _read_json(path, default):
-    try:
-        with open(path, encoding="utf-8") as handle:
-            return json.load(handle)
-    except (OSError, ValueError):
-        return default
-
-
-def _link_target(path):
-    try:
-        return os.path.basename(os.readlink(path).rstrip("/"))
-    except OSError:
-        return ""
-
-
-def _history(path):
-    data = _read_json(path, [])
-    return data if isinstance(data, list) else []
-
-
-def _write_json_atomic(path, data, mode=0o644):
-    folder = os.path.dirname(path)
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".history-")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=1, sort_keys=True)
-            handle.write("\n")
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _pending(history, name):
-    """The last switch of this instance when no outcome followed it (a killed run)."""
-    for record in reversed(history):
-        if record.get("instance") != name:
-            continue
-        if record.get("event") == "switched":
-            return {"from": record.get("from", ""), "to": record.get("to", ""),
-                    "run_id": record.get("run_id", ""), "time": record.get("time", "")}
-        return None
-    return None
-
-
-def _service(unit):
-    """ActiveState, whether systemd needs a daemon-reload for it, and its main process start
-    time as wall-clock seconds (None when it is not running)."""
-    try:
-        out = subprocess.run(
-            ["systemctl", "show", unit, "-p", "ActiveState", "-p", "NeedDaemonReload",
-             "-p", "ExecMainStartTimestampMonotonic", "-p", "ExecMainPID"],
-            capture_output=True, text=True, timeout=30, check=False).stdout
-    except (OSError, subprocess.SubprocessError):
-        return {"active": "unknown", "need_reload": False, "started": None}
-    props = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
-    started = None
-    mono = int(props.get("ExecMainStartTimestampMonotonic") or 0)
-    if mono and props.get("ExecMainPID", "0") != "0":
-        started = time.time() - (time.clock_gettime(time.CLOCK_MONOTONIC) - mono / 1e6)
-    return {"active": props.get("ActiveState", "unknown"),
-            "need_reload": props.get("NeedDaemonReload") == "yes", "started": started}
-
-
-def _release_info(folder, rid):
-    path = os.path.join(folder, rid)
-    manifest = _read_json(os.path.join(path, "manifest.json"), {})
-    created = _read_json(os.path.join(path, "created.json"), {})
-    failed = None
-    try:
-        with open(os.path.join(path, "FAILED"), encoding="utf-8") as handle:
-            failed = handle.read().strip() or "failed"
-    except OSError:
-        pass
-    try:
-        mtime = os.stat(path).st_mtime
-    except OSError:
-        mtime = 0.0
-    return {"id": rid, "created": created.get("created", ""), "mtime": mtime,
-            "engine": manifest.get("engine", ""), "server": manifest.get("server", ""),
-            "engine_version": manifest.get("engine_version", ""),
-            "deploy": manifest.get("deploy", ""),
-            "served_name": manifest.get("served_name", ""),
-            "local_endpoint": manifest.get("local_endpoint", ""),
-            "readiness": manifest.get("readiness") or {},
-            "model": manifest.get("model", ""), "prepared": bool(manifest), "failed": failed}
-
-
-def _instance_names(install_root, wanted):
-    root = os.path.join(install_root, "instances")
-    found = sorted(n for n in os.listdir(root)) if os.path.isdir(root) else []
-    return list(wanted if wanted is not None else found)
+from ansible_collections.vllama.provision.plugins.module_utils.vllama_releases import (
+    inspect_instances,
+    instance_names,
+    link_target,
+    pending_switch,
+    read_history,
+    read_json,
+    release_info,
+    write_json_atomic,
+)
 
 
 def inspect(params):
-    history = _history(params["history"])
-    units = params.get("units") or {}
-    out = {}
-    for name in _instance_names(params["install_root"], params.get("instances")):
-        base = os.path.join(params["install_root"], "instances", name)
-        releases_dir = os.path.join(base, "releases")
-        ids = sorted(os.listdir(releases_dir)) if os.path.isdir(releases_dir) else []
-        releases = sorted((_release_info(releases_dir, r) for r in ids),
-                          key=lambda r: (r["created"], r["mtime"]))
-        current_link = os.path.join(base, "current")
-        service = _service(units.get(name) or f"vllama-{name}.service")
-        switched_at = None
-        with contextlib.suppress(OSError):
-            switched_at = os.lstat(current_link).st_mtime
-        stale = bool(service["started"] and switched_at and service["started"] < switched_at)
-        out[name] = {
-            "current": _link_target(current_link),
-            "previous": _link_target(os.path.join(base, "previous")),
-            "releases": releases,
-            "pending": _pending(history, name),
-            "active": service["active"],
-            "need_reload": service["need_reload"],
-            # The engine was started before the last switch: it still runs the old release.
-            "stale": stale,
-        }
+    history = read_history(params["history"])
+    out = inspect_instances(params["install_root"], history, params.get("instances"),
+                            params.get("units") or {})
     result = {"instances": out}
     if params.get("probe"):
         for name, data in out.items():
             data["endpoint"] = (_probe(name, data, params.get("key_dir"))
                                 if data["active"] == "active" else
                                 {"healthy": False, "detail": f"service {data['active']}"})
-        result["lock"] = _read_json(params["lock"], None) if params.get("lock") else None
+        result["lock"] = read_json(params["lock"], None) if params.get("lock") else None
         if params.get("lock") and os.path.exists(params["lock"]) and result["lock"] is None:
             result["lock"] = {"unreadable": True}
         result["history"] = history[-20:]
@@ -310,7 +199,7 @@ def switch(params):
         raise ValueError(f"{name}: release {release} is not prepared on this host "
                          f"(no {base}/releases/{release}/manifest.json)")
     current = os.path.join(base, "current")
-    old = _link_target(current)
+    old = link_target(current)
     if old == release:
         return {"changed": False, "old": old}
     previous = params.get("previous")
@@ -330,11 +219,11 @@ def switch(params):
 
 
 def record(params):
-    history = _history(params["history"])
+    history = read_history(params["history"])
     stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     for entry in params.get("records") or []:
         history.append({"time": stamp, **entry})
-    _write_json_atomic(params["history"], history[-params["history_limit"]:])
+    write_json_atomic(params["history"], history[-params["history_limit"]:])
     return {"changed": bool(params.get("records"))}
 
 
@@ -371,10 +260,10 @@ def _store_key(name):
 
 def prune(params, check):
     install_root, keep = params["install_root"], params["keep"]
-    history = _history(params["history"])
+    history = read_history(params["history"])
     removed, freed = [], 0
     referenced_engines, referenced_models = set(), set()
-    for name in _instance_names(install_root, None):
+    for name in instance_names(install_root, None):
         base = os.path.join(install_root, "instances", name)
         releases_dir = os.path.join(base, "releases")
         if not os.path.isdir(releases_dir):
@@ -382,11 +271,11 @@ def prune(params, check):
         for leftover in ("current.switch", "previous.switch"):
             if os.path.lexists(os.path.join(base, leftover)):
                 freed += _remove(os.path.join(base, leftover), removed, check)
-        ordered = sorted((_release_info(releases_dir, r) for r in os.listdir(releases_dir)),
+        ordered = sorted((release_info(releases_dir, r) for r in os.listdir(releases_dir)),
                          key=lambda r: (r["created"], r["mtime"]), reverse=True)
-        protected = {_link_target(os.path.join(base, "current")),
-                     _link_target(os.path.join(base, "previous"))}
-        pending = _pending(history, name)
+        protected = {link_target(os.path.join(base, "current")),
+                     link_target(os.path.join(base, "previous"))}
+        pending = pending_switch(history, name)
         if pending:
             protected |= {pending["from"], pending["to"]}
         kept = [r["id"] for r in ordered if r["id"] not in protected][:keep]

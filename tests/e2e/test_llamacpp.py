@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -137,6 +139,116 @@ def test_second_apply_changes_nothing_and_does_not_restart(lab: Any, inventory: 
         assert result.host(host.name)["changed"] == 0, result.host(host.name)
         assert result.host(host.name)["status"] == "ok"
         assert _main_pid(host) == pids[host.name], "a converged apply restarted the engine"
+        # The fast path: nothing differs, no phase ran, the controller verified the endpoint.
+        assert result.host(host.name)["differences"] == []
+        assert result.host(host.name)["phases"] == []
+        inst = result.instance(host.name, "smollm2")
+        assert inst["verified"] is True and inst["verified_from"] == ["controller"]
+
+
+# --- drift: every kind of it is found by the converged check and repaired by the next apply ---
+
+UNIT = "/etc/systemd/system/vllama-smollm2.service"
+KEY = "/var/lib/vllama/secrets/smollm2.key"
+
+
+def _repair(run_cli: Any, inventory: Path, host: Any, *needles: str) -> dict:
+    """Apply to the drifted host: it must be repaired (changed, verified) and every needle
+    named among the differences it found."""
+    result = run_cli("apply", str(inventory), "--limit", host.name)
+    assert result.rc == 0, result.stderr
+    entry = result.host(host.name)
+    assert entry["status"] == "changed" and entry["changed"] > 0, entry
+    for needle in needles:
+        assert any(needle in d for d in entry["differences"]), (needle, entry["differences"])
+    assert result.instance(host.name, "smollm2")["verified"] is True
+    assert _serving(host)
+    return result
+
+
+def _serving(host: Any) -> bool:
+    code, _ = _curl(host, "/v1/models", read_key(host.name, "smollm2"))
+    return code == 200
+
+
+def test_drifted_files_units_and_keys_are_repaired(lab: Any, inventory: Path,
+                                                   run_cli: Any) -> None:
+    host = lab.hosts[1]
+    release = _current_release(host)
+    env = f"/opt/vllama/instances/smollm2/releases/{release}/engine.env"
+    host.ssh(f"sed -i 's/^Description=.*/Description=edited by hand/' {UNIT}; "
+             f"systemctl disable vllama-smollm2.service; rm {env}; chmod 0644 {KEY}")
+    result = _repair(run_cli, inventory, host, f"{UNIT} differs", "not enabled",
+                     f"{env} is missing", "others could read it")
+    assert any("key rotate" in n and "smollm2" in n for n in result.host(host.name)["notes"])
+    assert "edited by hand" not in host.ssh(f"cat {UNIT}").stdout
+    assert host.ssh("systemctl is-enabled vllama-smollm2.service").stdout.strip() == "enabled"
+    assert host.ssh(f"stat -c %a {KEY} && test -f {env} && echo ok").stdout.split() == [
+        "600", "ok"]
+
+
+def test_a_stopped_engine_and_a_moved_current_link_are_repaired(lab: Any, inventory: Path,
+                                                                run_cli: Any) -> None:
+    host = lab.hosts[1]
+    release = _current_release(host)
+    host.ssh("systemctl stop vllama-smollm2.service; "
+             "ln -sfn /nonexistent /opt/vllama/instances/smollm2/current")
+    _repair(run_cli, inventory, host, "vllama-smollm2.service is inactive",
+            "current is nonexistent")
+    assert _current_release(host) == release
+
+
+def test_a_removed_release_folder_is_made_again(lab: Any, inventory: Path,
+                                               run_cli: Any) -> None:
+    host = lab.hosts[1]
+    release = _current_release(host)
+    host.ssh(f"rm -rf /opt/vllama/instances/smollm2/releases/{release}")
+    _repair(run_cli, inventory, host, "release folder")
+    assert host.ssh(f"test -f /opt/vllama/instances/smollm2/releases/{release}/manifest.json "
+                    "&& echo ok").stdout.strip() == "ok"
+
+
+def test_a_truncated_model_is_moved_aside_and_staged_again(lab: Any, inventory: Path,
+                                                          run_cli: Any) -> None:
+    host = lab.hosts[1]
+    model = host.ssh("readlink -f /opt/vllama/instances/smollm2/current/model/*.gguf"
+                     ).stdout.strip()
+    size = int(host.ssh(f"stat -c %s {model}").stdout)
+    host.ssh(f"truncate -s 4096 {model}")
+    _repair(run_cli, inventory, host, "changed since it was checked")
+    assert int(host.ssh(f"stat -c %s {model}").stdout) == size
+    folder, name = model.rsplit("/", 1)
+    aside = host.ssh(f"ls -a {folder}").stdout.split()
+    assert any(a.startswith(f".damaged-{name}-") for a in aside), aside
+
+
+def test_every_rendered_file_changed_by_one_byte_is_repaired(
+        lab: Any, inventory: Path, run_cli: Any, tmp_path: Path) -> None:
+    host = lab.hosts[1]
+    out = tmp_path / "render"
+    proc = subprocess.run([sys.executable, "-m", "vllama_provision.cli", "render",
+                           str(inventory), "--out", str(out), "--limit", host.name],
+                          capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+    files = {"/" + p.relative_to(out / host.name).as_posix(): p.read_bytes()
+             for p in (out / host.name).rglob("*") if p.is_file()}
+    assert len(files) == 2, files  # the unit and the release's engine.env
+    host.ssh("; ".join(f"printf '#' >> {path}" for path in files))
+    _repair(run_cli, inventory, host, *[f"{path} differs" for path in files])
+    for path, content in files.items():
+        assert host.ssh(f"sha256sum {path}").stdout.split()[0] == \
+            hashlib.sha256(content).hexdigest(), path
+
+
+def test_after_the_repairs_the_host_is_converged_again(lab: Any, inventory: Path,
+                                                       run_cli: Any) -> None:
+    host = lab.hosts[1]
+    pid = _main_pid(host)
+    result = run_cli("apply", str(inventory), "--limit", host.name)
+    assert result.rc == 0, result.stderr
+    entry = result.host(host.name)
+    assert (entry["status"], entry["changed"], entry["differences"]) == ("ok", 0, [])
+    assert _main_pid(host) == pid
 
 
 def test_changing_ctx_size_makes_a_new_release_and_restarts(lab: Any, inventory: Path,

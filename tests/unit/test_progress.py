@@ -36,7 +36,6 @@ def test_phases_changes_and_one_line_for_what_does_not_apply(capsys) -> None:
         handler(event)
     lines = [line.strip() for line in capsys.readouterr().err.splitlines()]
     assert lines == [
-        "h1               [vllama]",
         "h1               [preflight]",
         "h1               [configure]",
         "h1                 changed     Render each release's files.",

@@ -238,10 +238,12 @@ def test_prune_never_removes_the_releases_of_an_unfinished_switch(host_tree: Pat
 def test_a_stale_engine_is_detected_from_its_start_time(host_tree: Path,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     MODULE.switch(_params(host_tree, name="chat", release="r1"))
-    monkeypatch.setattr(MODULE, "_service", lambda unit: {
+    from ansible_collections.vllama.provision.plugins.module_utils import vllama_releases
+
+    monkeypatch.setattr(vllama_releases, "service_state", lambda unit: {
         "active": "active", "need_reload": False, "started": time.time() - 3600})
     assert MODULE.inspect(_params(host_tree))["instances"]["chat"]["stale"] is True
-    monkeypatch.setattr(MODULE, "_service", lambda unit: {
+    monkeypatch.setattr(vllama_releases, "service_state", lambda unit: {
         "active": "active", "need_reload": False, "started": time.time() + 1})
     assert MODULE.inspect(_params(host_tree))["instances"]["chat"]["stale"] is False
 

@@ -1,0 +1,297 @@
+#!/usr/bin/python
+"""Compare a host with its whole desired state in one round trip, and say which phases must run.
+
+The role's fast path: under the host lock, everything a converged host must have is checked at
+once (the service user and folders, each engine's environment, each stored model's identity,
+each release's folder, links and manifest, every rendered file by content hash, mode and owner,
+the key files' presence, owner and mode, the ``current`` link, the units' state, enablement and
+pending daemon-reload), and every difference is reported by name. Only the phases whose checks
+found a difference run afterwards; a host with no difference runs none of them.
+
+A key file whose mode lets others read it is reported as a possible exposure: the configure
+phase repairs its mode, and the run suggests ``vllama-provision key rotate``.
+
+Model identity stays cheap on multi-gigabyte models: the size, mtime and inode recorded when the
+model was checked (the record ``vllama_model_check`` writes) are compared, not the content; a
+missing or different record sends the install phase to check the content again.
+"""
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: vllama_state
+short_description: Compare a vllama host with its desired state and name the phases to run
+description:
+  - Checks the whole desired state of a host in one round trip and returns every difference
+    and the phases (install, configure, run) that must run to repair them.
+options:
+  desired:
+    description:
+      - The desired state, as the C(vllama_desired) filter builds it from the plan and the
+        sources (service user, folders, and per instance its release, files, links, manifest,
+        engine, model and keys).
+    type: dict
+    required: true
+  history:
+    description: The host's history file (an unfinished switch must be finished by a run).
+    type: path
+    required: true
+author: vllama-provision
+"""
+
+EXAMPLES = r"""
+- name: Compare this host with its desired state.
+  vllama.provision.vllama_state:
+    desired: "{{ _vllama_plan | vllama.provision.vllama_desired(_vllama_sources) }}"
+    history: /var/lib/vllama/history.json
+  register: __vllama_state
+"""
+
+RETURN = r"""
+differences:
+  description: What differs from the desired state, one sentence each ("instance: what").
+  returned: always
+  type: list
+  elements: str
+phases:
+  description: The phases that must run (a subset of install, configure, run, in that order).
+  returned: always
+  type: list
+  elements: str
+exposed_keys:
+  description: Key files others could read (their mode was opened); rotate those keys.
+  returned: always
+  type: list
+  elements: str
+models_to_check:
+  description: Instances whose stored model changed since its check, or was never recorded
+    (their content is checked again).
+  returned: always
+  type: list
+  elements: str
+instances:
+  description: The releases each instance has (as the inspect operation of vllama_release).
+  returned: always
+  type: dict
+"""
+
+import hashlib
+import os
+import pwd
+import stat
+import subprocess
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.vllama.provision.plugins.module_utils.vllama_releases import (
+    inspect_instances,
+    read_history,
+    read_json,
+)
+
+PHASES = ("install", "configure", "run")
+
+
+class Differences:
+    def __init__(self):
+        self.items = []
+        self.phases = set()
+
+    def add(self, phase, text):
+        self.items.append(text)
+        self.phases.add(phase)
+
+
+def _sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _owner(st):
+    try:
+        return pwd.getpwuid(st.st_uid).pw_name
+    except KeyError:
+        return str(st.st_uid)
+
+
+def check_file(diff, where, spec):
+    """A rendered file: content hash, mode, owner."""
+    path = spec["path"]
+    try:
+        st = os.lstat(path)
+    except OSError:
+        diff.add("configure", f"{where}: {path} is missing")
+        return
+    if not stat.S_ISREG(st.st_mode):
+        diff.add("configure", f"{where}: {path} is not a regular file")
+        return
+    if _sha256(path) != spec["sha256"]:
+        diff.add("configure", f"{where}: {path} differs from its rendered content")
+    mode = spec.get("mode")
+    if mode and stat.S_IMODE(st.st_mode) != int(mode, 8):
+        diff.add("configure", f"{where}: {path} has mode {stat.S_IMODE(st.st_mode):04o}, "
+                              f"not {mode}")
+    owner = spec.get("owner")
+    if owner and _owner(st) != owner:
+        diff.add("configure", f"{where}: {path} is owned by {_owner(st)}, not {owner}")
+
+
+def check_key(diff, exposed, where, spec):
+    """A secret file: present, owned by whom it should be, readable by nobody else."""
+    path = spec["path"]
+    try:
+        st = os.stat(path)
+    except OSError:
+        diff.add("configure", f"{where}: the key file {path} is missing")
+        return
+    mode = stat.S_IMODE(st.st_mode)
+    if mode & 0o077:
+        diff.add("configure", f"{where}: the key file {path} has mode {mode:04o}: others could "
+                              "read it")
+        exposed.append(path)
+    owner = spec.get("owner")
+    if owner and _owner(st) != owner:
+        diff.add("configure", f"{where}: the key file {path} is owned by {_owner(st)}, not "
+                              f"{owner}")
+
+
+def check_model(diff, where, model):
+    """A stored model: present, and each of its files as its check recorded them (size, mtime,
+    inode). Returns False when the model must be checked again."""
+    path = model.get("path")
+    if not path:
+        return True
+    if not os.path.exists(path):
+        diff.add("install", f"{where}: the model {path} is missing")
+        return True  # staged again, then checked
+    if not model.get("record"):
+        return True  # checked as it arrives (a downloaded snapshot): presence is what counts
+    record = read_json(model["record"], None)
+    if record is None or record.get("path") != path:
+        diff.add("install", f"{where}: the model {path} has no identity record (it is checked "
+                            "again)")
+        return False
+    before = len(diff.items)
+    for rel, want in sorted((record.get("files") or {}).items()):
+        full = os.path.join(path, rel) if rel else path
+        try:
+            st = os.stat(full)
+        except OSError:
+            diff.add("install", f"{where}: the model file {full} is missing")
+            continue
+        got = [st.st_size, st.st_mtime_ns, st.st_ino]
+        if got != list(want):
+            diff.add("install", f"{where}: the model file {full} changed since it was checked "
+                                f"(size {want[0]} -> {st.st_size})")
+    return len(diff.items) == before
+
+
+def check_release(diff, where, inst):
+    folder = inst["release_dir"]
+    if not os.path.isdir(folder):
+        diff.add("configure", f"{where}: the release folder {folder} is missing")
+        return
+    manifest = read_json(os.path.join(folder, "manifest.json"), None)
+    if manifest != inst["manifest"]:
+        diff.add("configure", f"{where}: the release's manifest.json differs")
+    if not os.path.exists(os.path.join(folder, "created.json")):
+        diff.add("configure", f"{where}: the release's created.json is missing")
+    for link, target in sorted((inst.get("links") or {}).items()):
+        try:
+            got = os.readlink(link)
+        except OSError:
+            got = None
+        if got != target:
+            diff.add("configure", f"{where}: {link} points to {got or 'nothing'}, not {target}")
+
+
+def _unit_properties(units):
+    if not units:
+        return {}
+    argv = ["systemctl", "show", "-p", "Id", "-p", "ActiveState", "-p", "UnitFileState",
+            "-p", "NeedDaemonReload", *units]
+    out = subprocess.run(argv, capture_output=True, text=True, check=False).stdout
+    found = {}
+    for block in out.strip().split("\n\n"):
+        props = dict(line.split("=", 1) for line in block.splitlines() if "=" in line)
+        if props.get("Id"):
+            found[props["Id"]] = props
+    return found
+
+
+def compare(desired, history_path):
+    diff = Differences()
+    exposed = []
+    user = desired.get("service_user")
+    if user:
+        try:
+            pwd.getpwnam(user)
+        except KeyError:
+            diff.add("install", f"the service user {user} does not exist")
+    for folder in desired.get("folders") or []:
+        if not os.path.isdir(folder):
+            diff.add("install", f"the folder {folder} is missing")
+    instances = desired.get("instances") or []
+    history = read_history(history_path)
+    releases = inspect_instances(desired["install_root"], history,
+                                 [i["name"] for i in instances],
+                                 {i["name"]: i["unit"] for i in instances})
+    units = _unit_properties([i["unit"] for i in instances if i.get("unit")])
+    to_check = []
+    for inst in instances:
+        name = inst["name"]
+        engine = inst.get("engine_python")
+        if engine and not os.path.exists(engine):
+            diff.add("install", f"{name}: the engine environment ({engine}) is missing")
+        if not check_model(diff, name, inst.get("model") or {}):
+            to_check.append(name)
+        check_release(diff, name, inst)
+        for spec in inst.get("files") or []:
+            check_file(diff, name, spec)
+        for spec in inst.get("keys") or []:
+            check_key(diff, exposed, name, spec)
+        if not inst.get("controller_key"):
+            diff.add("configure", f"{name}: the controller has no copy of the key")
+        state = releases.get(name) or {}
+        if state.get("current") != inst["release"]:
+            diff.add("run", f"{name}: current is {state.get('current') or 'nothing'}, not "
+                            f"{inst['release']}")
+        if state.get("pending"):
+            diff.add("run", f"{name}: a switch to {state['pending'].get('to')} was never "
+                            "verified")
+        if state.get("stale"):
+            diff.add("run", f"{name}: the engine started before the last switch")
+        props = units.get(inst["unit"], {})
+        if props.get("ActiveState") != "active":
+            diff.add("run", f"{name}: {inst['unit']} is {props.get('ActiveState', 'unknown')}")
+        if props.get("UnitFileState") != "enabled":
+            diff.add("run", f"{name}: {inst['unit']} is "
+                            f"{props.get('UnitFileState') or 'not installed'}, not enabled")
+        if props.get("NeedDaemonReload") == "yes":
+            diff.add("run", f"{name}: systemd has not loaded the changed {inst['unit']}")
+    # A phase that repairs files restarts what reads them: configure implies run.
+    phases = set(diff.phases)
+    if "configure" in phases or "install" in phases:
+        phases.add("run")
+    if "install" in phases:
+        phases.add("configure")
+    return {"differences": diff.items, "phases": [p for p in PHASES if p in phases],
+            "exposed_keys": exposed, "models_to_check": to_check, "instances": releases}
+
+
+def main():
+    module = AnsibleModule(argument_spec={
+        "desired": {"type": "dict", "required": True},
+        "history": {"type": "path", "required": True},
+    }, supports_check_mode=True)
+    try:
+        result = compare(module.params["desired"], module.params["history"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        module.fail_json(msg=f"cannot compare the host with its desired state: {exc}")
+    module.exit_json(changed=False, **result)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,152 @@
+"""The converged check (vllama_state) on a host tree in a temporary folder: a converged tree has
+no difference and needs no phase; each kind of drift is named and sends the right phases.
+
+systemd is asked for the units' state with one `systemctl show`; the instance's unit does not
+exist on this machine, so that one call is replaced by the answer a running, enabled unit gives
+(the e2e tier checks the real one on lab hosts).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _load(path: Path, name: str) -> Any:
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+STATE = _load(ROOT / "plugins/modules/vllama_state.py", "vllama_state_module")
+FILTERS = _load(ROOT / "plugins/filter/vllama.py", "vllama_filters_for_state")
+UNIT = {"Id": "vllama-chat.service", "ActiveState": "active", "UnitFileState": "enabled",
+        "NeedDaemonReload": "no"}
+
+
+@pytest.fixture
+def tree(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    monkeypatch.setattr(STATE, "_unit_properties", lambda units: {u: dict(UNIT) for u in units})
+    install = tmp_path / "opt"
+    release = install / "instances/chat/releases/r1"
+    release.mkdir(parents=True)
+    venv = install / "engines/e1"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin/python").write_text("")
+    models = tmp_path / "models/m/abc"
+    models.mkdir(parents=True)
+    model = models / "m.gguf"
+    model.write_bytes(b"GGUF" * 100)
+    state_root = tmp_path / "state"
+    (state_root / "secrets").mkdir(parents=True)
+    for name in ("chat.key", "chat.env"):
+        (state_root / "secrets" / name).write_text("secret\n")
+        os.chmod(state_root / "secrets" / name, 0o600)
+    env = release / "engine.env"
+    env.write_text("VLLAMA_ENGINE_ARGS=--port 1\n")
+    os.chmod(env, 0o644)
+    plan = {
+        "install_root": str(install), "state_root": str(state_root),
+        "models_root": str(tmp_path / "models"), "service_user": "root",
+        "controller_keys": {"chat": True},
+        "rendered": [{"instance": "chat", "dest": str(env), "mode": "0644",
+                      "sha256": hashlib.sha256(env.read_bytes()).hexdigest()}],
+        "instances": [{
+            "name": "chat", "release": "r1", "deploy": "native", "server": "llama-cpp-python",
+            "engine": "llamacpp", "engine_version": "1", "engine_package": "llama-cpp-python==1",
+            "engine_key": "e1", "model": {"raw": "m"}, "served_name": "chat",
+            "local_endpoint": "http://127.0.0.1:1", "readiness": {"path": "/health"},
+            "argv": ["--port", "1"], "env": {},
+            "paths": {"releases": str(release.parent), "engine_venv": str(venv),
+                      "unit_name": "vllama-chat.service",
+                      "key_file": str(state_root / "secrets/chat.key"),
+                      "secret_env": str(state_root / "secrets/chat.env")}}]}
+    sources = {"chat": {"model": {"store_path": str(model), "store_dir": str(models),
+                                  "file_name": "m.gguf", "sha256": "abc", "files": []}}}
+    desired = FILTERS.vllama_desired(plan, sources)
+    (release / "manifest.json").write_text(json.dumps(desired["instances"][0]["manifest"]))
+    (release / "created.json").write_text("{}")
+    (release / "engine").symlink_to(venv)
+    (release / "model").symlink_to(models)
+    (release.parent.parent / "current").symlink_to(release)
+    record = Path(FILTERS.vllama_identity_record(str(model), str(state_root)))
+    record.parent.mkdir(parents=True)
+    st = model.stat()
+    record.write_text(json.dumps({"path": str(model),
+                                  "files": {"": [st.st_size, st.st_mtime_ns, st.st_ino]}}))
+    return {"desired": desired, "release": release, "env": env, "model": model,
+            "state": state_root, "history": str(tmp_path / "history.json")}
+
+
+def _compare(tree: dict[str, Any]) -> dict[str, Any]:
+    return STATE.compare(tree["desired"], tree["history"])
+
+
+def test_a_converged_host_needs_no_phase(tree: dict[str, Any]) -> None:
+    result = _compare(tree)
+    assert (result["differences"], result["phases"]) == ([], [])
+    assert result["instances"]["chat"]["current"] == "r1"
+
+
+@pytest.mark.parametrize(("drift", "needle", "phases"), [
+    (lambda t: t["env"].write_text("VLLAMA_ENGINE_ARGS=--port 2\n"),
+     "engine.env differs from its rendered content", ["configure", "run"]),
+    (lambda t: os.chmod(t["env"], 0o600), "engine.env has mode 0600, not 0644",
+     ["configure", "run"]),
+    (lambda t: t["env"].unlink(), "engine.env is missing", ["configure", "run"]),
+    (lambda t: os.chmod(t["state"] / "secrets/chat.key", 0o644), "others could read it",
+     ["configure", "run"]),
+    (lambda t: (t["state"] / "secrets/chat.env").unlink(), "the key file", ["configure", "run"]),
+    (lambda t: (t["release"] / "manifest.json").write_text("{}"), "manifest.json differs",
+     ["configure", "run"]),
+    (lambda t: (t["release"] / "model").unlink(), "points to nothing", ["configure", "run"]),
+    (lambda t: os.truncate(t["model"], 10), "changed since it was checked",
+     ["install", "configure", "run"]),
+    (lambda t: t["model"].unlink(), "is missing", ["install", "configure", "run"]),
+    (lambda t: (t["release"].parent.parent / "current").unlink(), "current is nothing",
+     ["run"]),
+])
+def test_each_drift_is_named_and_sends_its_phases(tree: dict[str, Any], drift: Any,
+                                                  needle: str, phases: list[str]) -> None:
+    drift(tree)
+    result = _compare(tree)
+    assert any(needle in d for d in result["differences"]), result["differences"]
+    assert result["phases"] == phases
+
+
+def test_unit_state_drift(tree: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(STATE, "_unit_properties", lambda units: {u: {
+        **UNIT, "ActiveState": "failed", "UnitFileState": "disabled",
+        "NeedDaemonReload": "yes"} for u in units})
+    result = _compare(tree)
+    assert result["differences"] == [
+        "chat: vllama-chat.service is failed",
+        "chat: vllama-chat.service is disabled, not enabled",
+        "chat: systemd has not loaded the changed vllama-chat.service"]
+    assert result["phases"] == ["run"]
+
+
+def test_a_model_without_identity_record_is_checked_again(tree: dict[str, Any]) -> None:
+    Path(tree["desired"]["instances"][0]["model"]["record"]).unlink()
+    result = _compare(tree)
+    assert result["models_to_check"] == ["chat"]
+    assert result["phases"] == ["install", "configure", "run"]
+
+
+def test_restarts_follow_changed_files_keys_and_restaged_models() -> None:
+    switches = [{"name": n, "restart": False} for n in ("a", "b", "c", "d")]
+    rendered = [{"changed": True, "item": [{"name": "a"}, {"dest": "/x/engine.env"}]},
+                {"changed": False, "item": [{"name": "b"}, {"dest": "/x/engine.env"}]}]
+    keys = [{"changed": True, "item": {"name": "c"}}]
+    assert [s["name"] for s in FILTERS.vllama_restarts(switches, rendered, keys, {}, ["d"])] == [
+        "a", "c", "d"]
