@@ -38,6 +38,12 @@ options:
     description: Replace the key with a new random one.
     type: bool
     default: false
+  restore:
+    description:
+      - The key to put back when the host has none (a rebuilt host: the controller's private
+        copy), so clients keep working; ignored when the host has a key or I(key) is given.
+    type: str
+    default: ""
 author: vllama-provision maintainers (@vllama-provision)
 """
 
@@ -51,6 +57,10 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
+restored:
+  description: Whether the key was restored from I(restore) (the host had none).
+  returned: always
+  type: bool
 generated:
   description: Whether a new key was generated.
   returned: always
@@ -107,6 +117,7 @@ def main():
         "owner": {"type": "str", "default": "root"},
         "key": {"type": "str", "default": "", "no_log": True},
         "rotate": {"type": "bool", "default": False},
+        "restore": {"type": "str", "default": "", "no_log": True},
     }, supports_check_mode=True)
     p = module.params
     try:
@@ -116,11 +127,14 @@ def main():
             module.exit_json(changed=True, generated=False)
         module.fail_json(msg=f"user {p['owner']} does not exist")
     current = _read(p["key_file"])
-    generated = False
+    generated = restored = False
     if p["key"]:
         key = p["key"]
     elif current and not p["rotate"]:
         key = current
+    elif p["restore"].strip() and not p["rotate"]:
+        key = p["restore"].strip()
+        restored = True
     else:
         key = "vllama-" + secrets.token_urlsafe(32)
         generated = True
@@ -132,7 +146,7 @@ def main():
     if changed and not module.check_mode:
         _write_private(p["key_file"], key_content, owner.pw_uid, owner.pw_gid)
         _write_private(p["secret_env"], env_content, 0, 0)
-    module.exit_json(changed=changed, generated=generated)
+    module.exit_json(changed=changed, generated=generated, restored=restored)
 
 
 if __name__ == "__main__":

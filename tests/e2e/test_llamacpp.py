@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from vllama_provision import paths
 from vllama_provision.verify import read_key
@@ -302,3 +303,41 @@ def test_a_release_that_cannot_start_is_rolled_back(lab: Any, inventory: Path, r
     assert first.ssh(f"cat {marked[0]}").stdout.strip()
     assert result.host(second.name)["status"] == "ok"
     assert _main_pid(second) == other_pid, "the other host was disturbed"
+
+
+def test_a_rebuilt_host_gets_its_models_and_its_key_back(lab: Any, lab_factory: Any,
+                                                         run_cli: Any, tmp_path: Path) -> None:
+    """Host 1's OS is reinstalled while its model store survives: a fresh lab host, given
+    host 1's /tank/ai/models (the disk that survived), is applied under host 1's inventory
+    name. Every stored model is reused (checked in full, never copied again: the controller's
+    copy task changes nothing) and the API key comes back from the controller's copy, so
+    clients keep working."""
+    old = lab.hosts[0]
+    key = read_key(old.name, "smollm2")
+    new = lab_factory(1).hosts[0]
+    sender = subprocess.Popen([*old.ssh_argv(), "tar -C /tank/ai -cf - models"],
+                              stdout=subprocess.PIPE)
+    receiver = subprocess.run([*new.ssh_argv(), "mkdir -p /tank/ai && tar -C /tank/ai -xf -"],
+                              stdin=sender.stdout, capture_output=True, check=False)
+    assert sender.wait() == 0 and receiver.returncode == 0, receiver.stderr
+    data = yaml.safe_load(write_inventory(lab, tmp_path / "old.yml", {old.name: {
+        "vllama_platform": "linux-cpu", "vllama_instances": [smollm2_instance()]}}).read_text())
+    entry = data["all"]["hosts"][old.name]
+    entry["ansible_host"] = new.address  # the same inventory name, the reinstalled machine
+    rebuilt = tmp_path / "rebuilt.yml"
+    rebuilt.write_text(yaml.safe_dump({"all": {"hosts": {old.name: entry}}}, sort_keys=False))
+    result = run_cli("apply", str(rebuilt))
+    assert result.rc == 0, result.stderr
+    assert any("has no identity record" in d for d in result.host(old.name)["differences"])
+    inst = result.instance(old.name, "smollm2")
+    assert inst["verified"] is True and "controller" in inst["verified_from"]
+    assert new.ssh("cat /var/lib/vllama/secrets/smollm2.key").stdout.strip() == key
+    assert "Copy missing models to the host" not in _changed_tasks(result.stderr)
+    assert "Check the copied models" not in _changed_tasks(result.stderr)
+    code, models = _curl(new, "/v1/models", key)
+    assert code == 200 and [m["id"] for m in models["data"]] == ["smollm2-135m-instruct"]
+
+
+def _changed_tasks(stderr: str) -> str:
+    """The live output's lines of tasks that changed something."""
+    return "\n".join(line for line in stderr.splitlines() if " changed " in line)
