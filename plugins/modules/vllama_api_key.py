@@ -40,7 +40,7 @@ options:
     default: false
   restore:
     description:
-      - The key to put back when the host has none (a rebuilt host: the controller's private
+      - The key to put back when the host has none (on a rebuilt host, the controller's private
         copy), so clients keep working; ignored when the host has a key or I(key) is given.
     type: str
     default: ""

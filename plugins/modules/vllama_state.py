@@ -36,7 +36,7 @@ options:
     description: The host's history file (an unfinished switch must be finished by a run).
     type: path
     required: true
-author: vllama-provision
+author: vllama-provision maintainers (@vllama-provision)
 """
 
 EXAMPLES = r"""
@@ -49,7 +49,7 @@ EXAMPLES = r"""
 
 RETURN = r"""
 differences:
-  description: What differs from the desired state, one sentence each ("instance: what").
+  description: What differs from the desired state, one sentence each, prefixed by the instance.
   returned: always
   type: list
   elements: str

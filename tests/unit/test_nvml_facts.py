@@ -111,13 +111,20 @@ def test_the_carried_pynvml_is_the_installed_nvidia_ml_py_byte_for_byte():
 
 
 def test_the_mock_raises_the_real_exception_classes(mock):
+    # The mock wraps the copy the modules carry when the collection is importable (as on a
+    # host), else nvidia-ml-py itself: either way, the real library's classes.
+    real = mock._real
+    assert real.__name__ in ("pynvml", "ansible_collections.vllama.provision.plugins."
+                                       "module_utils.vllama_pynvml")
+    assert real.NVMLError_DriverNotLoaded.__mro__[1:] == (real.NVMLError, Exception,
+                                                          BaseException, object)
     mock.configure({"init_error": "NVML_ERROR_DRIVER_NOT_LOADED"})
-    with pytest.raises(pynvml.NVMLError_DriverNotLoaded):
+    with pytest.raises(real.NVMLError_DriverNotLoaded):
         mock.nvmlInit()
-    assert mock.NVMLError_NotSupported is pynvml.NVMLError_NotSupported
+    assert mock.NVMLError_NotSupported is real.NVMLError_NotSupported
     mock.configure({**DRIVER, "gpus": [RTX4090]})
     mock.nvmlInit()
-    with pytest.raises(pynvml.NVMLError_NotSupported):
+    with pytest.raises(real.NVMLError_NotSupported):
         mock.nvmlDeviceGetMigMode(mock.nvmlDeviceGetHandleByIndex(0))
 
 
