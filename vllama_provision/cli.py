@@ -23,10 +23,12 @@ from vllama_provision.cli_common import (
     inventory_argument,
     json_option,
     limit_option,
+    strategy_option,
     verbose_option,
 )
 from vllama_provision.errors import EXIT_BAD_INPUT, InventoryError, UsageError, VllamaError
 from vllama_provision.report import Report
+from vllama_provision.strategy import Strategy
 
 
 class _Commands(HelpGroup):
@@ -206,9 +208,11 @@ def _validate_rendered(files: list[Any], instances: list[Any]) -> list[str]:
 @click.option("--allow-downgrade", is_flag=True,
               help="Allow an engine_version older than what a host runs.")
 @bundle_options
+@strategy_option
 def apply(inventory: Path, limit: str | None, json_out: str | None, check: bool, diff: bool,
           verbose: int, break_lock: bool, batch: str | None, max_fail: int,
-          allow_downgrade: bool, bundle: Path | None, bundle_key: Path | None) -> None:
+          allow_downgrade: bool, bundle: Path | None, bundle_key: Path | None,
+          strategy: Strategy) -> None:
     """Provision every host: engine, model, service, verified endpoint.
 
     Every change goes through a release: a host whose new release fails verification is
@@ -224,10 +228,11 @@ def apply(inventory: Path, limit: str | None, json_out: str | None, check: bool,
 
         names, _hosts = target_hosts(inventory, limit)
         finish(rollout_cmd("apply", inventory, names, batch=batch, max_fail=max_fail,
-                           extravars=extravars, verbose=verbose, break_lock=break_lock),
+                           extravars=extravars, verbose=verbose, break_lock=break_lock,
+                           strategy=strategy),
                json_out)
     apply_like("apply", inventory, limit, check=check, diff=diff, verbose=verbose,
-                json_out=json_out, break_lock=break_lock, extravars=extravars)
+                json_out=json_out, break_lock=break_lock, extravars=extravars, strategy=strategy)
 
 
 @cli.command()
@@ -235,10 +240,12 @@ def apply(inventory: Path, limit: str | None, json_out: str | None, check: bool,
 @limit_option
 @json_option
 @verbose_option
-def verify(inventory: Path, limit: str | None, json_out: str | None, verbose: int) -> None:
+@strategy_option
+def verify(inventory: Path, limit: str | None, json_out: str | None, verbose: int,
+           strategy: Strategy) -> None:
     """Verify every endpoint for real, on each host and from here when reachable."""
     apply_like("verify", inventory, limit, check=False, diff=False, verbose=verbose,
-                json_out=json_out, playbook="verify.yml")
+                json_out=json_out, playbook="verify.yml", strategy=strategy)
 
 
 # --------------------------------------------------------------------------------- facts ---
@@ -249,7 +256,9 @@ def verify(inventory: Path, limit: str | None, json_out: str | None, verbose: in
 @limit_option
 @json_option
 @click.option("--save", is_flag=True, help="Cache the facts for `plan` and `render`.")
-def facts(inventory: Path, limit: str | None, json_out: str | None, save: bool) -> None:
+@strategy_option
+def facts(inventory: Path, limit: str | None, json_out: str | None, save: bool,
+          strategy: Strategy) -> None:
     """Gather each host's platform and GPU facts (read-only)."""
     from vllama_provision import facts as fact_cache
     from vllama_provision import gpu
@@ -258,7 +267,7 @@ def facts(inventory: Path, limit: str | None, json_out: str | None, save: bool) 
 
     load_inventory(inventory, limit, validate=False)
     result = run_playbook(RunRequest(playbook="facts.yml", inventory=inventory,
-                                     command="facts", limit=limit),
+                                     command="facts", limit=limit, strategy=strategy),
                           progress=Progress(enabled=False))
     for host, data in sorted(result.facts.items()):
         problems = gpu.validate_host_facts(data)
@@ -308,7 +317,9 @@ def key_show(host: str, instance: str) -> None:
 @click.argument("host")
 @click.argument("instance")
 @json_option
-def key_rotate(inventory: Path, host: str, instance: str, json_out: str | None) -> None:
+@strategy_option
+def key_rotate(inventory: Path, host: str, instance: str, json_out: str | None,
+               strategy: Strategy) -> None:
     """Give HOST's INSTANCE a new random key, restart it and verify it with the new key."""
     from vllama_provision.inventory import load_inventory
 
@@ -317,7 +328,8 @@ def key_rotate(inventory: Path, host: str, instance: str, json_out: str | None) 
     if instance not in names:
         raise UsageError(f"{host} has no instance {instance!r}; it has: {', '.join(names)}")
     apply_like("key rotate", inventory, host, check=False, diff=False, verbose=0,
-                json_out=json_out, extravars={"vllama_rotate_keys": [instance]})
+                json_out=json_out, extravars={"vllama_rotate_keys": [instance]},
+                strategy=strategy)
 
 
 # ---------------------------------------------------------------------------- wheelhouse ---
