@@ -61,7 +61,7 @@ INSTANCE: dict[str, Any] = {"name": "smollm2", "engine": "llamacpp", "model": SM
 STOCK_PLAY = ROOT / "benchmarks" / "stock_play.yml"
 RECAP = re.compile(r"^(\S+)\s+:\s+ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)"
                    r"\s+skipped=(\d+)", re.M)
-TASK_EVENTS = ("runner_on_ok", "runner_on_skipped", "runner_on_failed", "runner_on_unreachable")
+RAN = ("runner_on_ok", "runner_on_failed", "runner_on_unreachable")
 # (numerator, denominator, at most, what): the targets of issue 14.
 TARGETS = [
     (("apply", "N"), ("stock", "N"), 0.5, "converged apply N / stock play N"),
@@ -74,7 +74,8 @@ TARGETS = [
 @dataclass
 class Sample:
     seconds: list[float] = field(default_factory=list)
-    tasks: list[int] = field(default_factory=list)  # tasks per host, every host of every round
+    # (tasks run, tasks skipped) per host, every host of every round
+    tasks: list[tuple[int, int]] = field(default_factory=list)
     changed: int = 0
     failures: list[str] = field(default_factory=list)
 
@@ -100,19 +101,23 @@ def run_cli(*args: str, strategy: str) -> tuple[subprocess.CompletedProcess[str]
             proc.pid)
 
 
-def run_tasks(pid: int, command: str) -> Counter[str]:
-    """Task results per host in the CLI run of process ``pid`` (its ansible-runner events)."""
-    counts: Counter[str] = Counter()
-    for run in (paths.state_dir() / "runs").glob(f"*-{pid}-{command}"):
+def run_tasks(pid: int, command: str) -> dict[str, tuple[int, int]]:
+    """(tasks run, tasks skipped) per host in the CLI run of process ``pid``, from its
+    ansible-runner events (runner_on_ok/failed/unreachable, runner_on_skipped)."""
+    ran: Counter[str] = Counter()
+    skipped: Counter[str] = Counter()
+    for run in (paths.state_dir() / "runs").glob(f"*-{pid}-{command.replace(' ', '-')}"):
         for event in run.glob("artifacts/*/job_events/*.json"):
             try:
                 data = json.loads(event.read_text())
             except (OSError, ValueError):
                 continue
             host = (data.get("event_data") or {}).get("host")
-            if data.get("event") in TASK_EVENTS and host:
-                counts[host] += 1
-    return counts
+            if host and data.get("event") in RAN:
+                ran[host] += 1
+            elif host and data.get("event") == "runner_on_skipped":
+                skipped[host] += 1
+    return {h: (ran[h], skipped[h]) for h in set(ran) | set(skipped)}
 
 
 def run_stock(inventory: Path, limit: str, strategy: Strategy,
@@ -139,8 +144,8 @@ def measure(kind: str, scope: str, strategy: Strategy, inventory: Path, hosts: l
         if proc.returncode or set(recap) != set(limit.split(",")):
             sample.failures.append(f"rc {proc.returncode}: {proc.stdout[-1500:]}"
                                    f"{proc.stderr[-1500:]}")
-        for ok, changed, _unreachable, _failed, skipped in recap.values():
-            sample.tasks.append(ok + skipped)
+        for ok, changed, unreachable, failed, skipped in recap.values():
+            sample.tasks.append((ok + unreachable + failed, skipped))
             sample.changed += changed
         sample.seconds.append(seconds)
         return
@@ -150,8 +155,10 @@ def measure(kind: str, scope: str, strategy: Strategy, inventory: Path, hosts: l
     sample.seconds.append(seconds)
     if proc.returncode:
         sample.failures.append(f"rc {proc.returncode}: {proc.stderr[-3000:]}")
+    if strategy.name == "mitogen" and "strategy: mitogen_linear" not in proc.stderr:
+        sample.failures.append("the CLI did not say it runs mitogen_linear")
     tasks = run_tasks(pid, kind)
-    sample.tasks += [tasks[h] for h in limit.split(",")]
+    sample.tasks += [tasks[h] for h in limit.split(",") if h in tasks]
     if report.is_file():
         data = json.loads(report.read_text())
         sample.changed += sum(int(h.get("changed") or 0) for h in data["hosts"].values())
@@ -166,11 +173,28 @@ def spread(values: list[float]) -> str:
             if values else "-")
 
 
-def task_count(values: list[int]) -> str:
+def task_count(values: list[tuple[int, int]]) -> str:
+    """Tasks run + skipped per host ("66+98"; a range when hosts or rounds differ)."""
     if not values:
-        return "-"
-    low, high = min(values), max(values)
-    return str(low) if low == high else f"{low}-{high}"
+        return "?"
+
+    def span(numbers: list[int]) -> str:
+        return str(min(numbers)) if min(numbers) == max(numbers) else \
+            f"{min(numbers)}-{max(numbers)}"
+
+    return f"{span([r for r, _ in values])}+{span([s for _, s in values])}"
+
+
+def mitogen_in_effect(inventory: Path, host: str, strategy: Strategy) -> bool:
+    """Whether a task run with ``strategy``'s environment runs inside Mitogen's interpreter on
+    the host (named "python3(mitogen:...)"), as the stock play's runs will."""
+    env = {**os.environ, **ansible_env(strategy), "ANSIBLE_NOCOLOR": "1"}
+    env.pop("VLLAMA_CLI_PID", None)
+    proc = subprocess.run([str(Path(sys.executable).parent / "ansible"), host, "-i",
+                           str(inventory), "-m", "ansible.builtin.shell", "-a",
+                           "tr '\\0' ' ' < /proc/$PPID/cmdline"],
+                          capture_output=True, text=True, env=env, cwd=ROOT, check=False)
+    return proc.returncode == 0 and "(mitogen:" in proc.stdout
 
 
 def main() -> int:
@@ -222,6 +246,9 @@ def main() -> int:
             return 1
         print(f"stock play, first (converging) run: {seconds:.1f} s, changed "
               f"{sum(r[1] for r in recap.values())}", file=sys.stderr)
+        if len(strategies) > 1 and not mitogen_in_effect(inventory, hosts[0], strategies[1]):
+            print("Mitogen's environment does not run tasks under Mitogen", file=sys.stderr)
+            return 1
 
         kinds = [(k, s) for k in ("apply", "stock", "verify") for s in ("1", "N")]
         samples = {(k, s, st.name): Sample() for k, s in kinds for st in strategies}
@@ -250,9 +277,9 @@ def print_results(args: argparse.Namespace, strategies: list[Strategy],
                   samples: dict[tuple[str, str, str], Sample]) -> None:
     n = args.hosts
     names = {"apply": "converged apply", "stock": "stock play (15 modules)", "verify": "verify"}
-    print(f"\nfleet benchmark: {n} lab hosts, {args.rounds} round(s), median (min-max); "
-          f"tasks = task results per host; changed = over all rounds and hosts")
-    head = f"{'':<30}" + "".join(f"{s.ansible_name:>34}" for s in strategies)
+    print(f"\nfleet benchmark: {n} lab hosts, {args.rounds} round(s), median (min-max) of wall "
+          f"time; tasks = tasks run + skipped per host; chg = changed, all rounds and hosts")
+    head = f"{'':<32}" + "".join(f"{s.ansible_name:>38}" for s in strategies)
     print(head)
     for kind in ("apply", "stock", "verify"):
         for scope in ("1", "N"):
@@ -260,9 +287,9 @@ def print_results(args: argparse.Namespace, strategies: list[Strategy],
             cells = []
             for strategy in strategies:
                 sample = samples[(kind, scope, strategy.name)]
-                cells.append(f"{spread(sample.seconds)} tasks {task_count(sample.tasks):>5} "
+                cells.append(f"{spread(sample.seconds)} tasks {task_count(sample.tasks):>7} "
                              f"chg {sample.changed}")
-            print(f"{label:<30}" + "".join(f"{c:>34}" for c in cells))
+            print(f"{label:<32}" + "".join(f"{c:>38}" for c in cells))
     print("\ntargets (issue 14), on medians:")
     for strategy in strategies:
         for (nk, ns), (dk, ds), limit, what in TARGETS:
