@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -157,3 +159,27 @@ def test_the_cli_refuses_a_forced_mitogen_that_cannot_run(tmp_path: Path) -> Non
                                "NO_COLOR": "1"})
     assert proc.returncode == 2, proc.stderr
     assert "--strategy mitogen: Mitogen is not installed" in proc.stderr
+
+
+def test_kill_tree_reaches_processes_in_sessions_of_their_own() -> None:
+    """The watchdog's kill: ansible-core 2.19 workers and Mitogen's SSH clients call setsid(),
+    so a process-group kill misses them; kill_tree follows parent links instead."""
+    from vllama_provision.procs import descendants, kill_tree, process_alive
+
+    parent = subprocess.Popen([sys.executable, "-c",
+                               "import subprocess, time\n"
+                               "subprocess.Popen(['setsid', 'sleep', '300'])\n"
+                               "time.sleep(300)\n"])
+    try:
+        deadline = time.monotonic() + 10
+        while not descendants(parent.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        below = descendants(parent.pid)
+        assert below and os.getsid(below[0]) != os.getsid(parent.pid)
+        kill_tree(parent.pid)
+        time.sleep(0.2)
+        assert not any(process_alive(p) for p in below)
+        assert process_alive(parent.pid)  # the process itself is left alone
+    finally:
+        parent.kill()
+        parent.wait()
