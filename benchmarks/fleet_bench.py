@@ -279,7 +279,7 @@ def print_results(args: argparse.Namespace, strategies: list[Strategy],
     names = {"apply": "converged apply", "stock": "stock play (15 modules)", "verify": "verify"}
     print(f"\nfleet benchmark: {n} lab hosts, {args.rounds} round(s), median (min-max) of wall "
           f"time; tasks = tasks run + skipped per host; chg = changed, all rounds and hosts")
-    head = f"{'':<32}" + "".join(f"{s.ansible_name:>38}" for s in strategies)
+    head = f"{'':<34}" + "".join(f"{s.ansible_name:>46}" for s in strategies)
     print(head)
     for kind in ("apply", "stock", "verify"):
         for scope in ("1", "N"):
@@ -287,9 +287,9 @@ def print_results(args: argparse.Namespace, strategies: list[Strategy],
             cells = []
             for strategy in strategies:
                 sample = samples[(kind, scope, strategy.name)]
-                cells.append(f"{spread(sample.seconds)} tasks {task_count(sample.tasks):>7} "
+                cells.append(f"{spread(sample.seconds)} tasks {task_count(sample.tasks):>13} "
                              f"chg {sample.changed}")
-            print(f"{label:<32}" + "".join(f"{c:>38}" for c in cells))
+            print(f"{label:<34}" + "".join(f"{c:>46}" for c in cells))
     print("\ntargets (issue 14), on medians:")
     for strategy in strategies:
         for (nk, ns), (dk, ds), limit, what in TARGETS:
