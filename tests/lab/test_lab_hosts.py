@@ -241,6 +241,20 @@ def test_reboot_and_come_back(trio: Lab) -> None:
     assert "the host rebooted: starting it again" in console
 
 
+def test_reboot_under_mitogen(trio: Lab) -> None:
+    """The NVIDIA role reboots a host: Mitogen must reconnect after it."""
+    h = trio.hosts[2]
+    before = h.ssh("cat /proc/sys/kernel/random/boot_id").stdout.strip()
+    proc = subprocess.run([str(BIN / "ansible"), h.name, "-i", str(trio.inventory_path),
+                           "-m", "ansible.builtin.reboot", "-a", "reboot_timeout=120"],
+                          capture_output=True, text=True, timeout=300, env=_mitogen_env(),
+                          check=False)
+    assert proc.returncode == 0, explain(proc)
+    after = h.ssh("cat /proc/sys/kernel/random/boot_id").stdout.strip()
+    assert after and after != before
+    assert trio.status(h.name) == "running"
+
+
 def test_paused_host_is_unreachable_then_resumes(trio: Lab, tmp_path: Path) -> None:
     paused, other = trio.hosts[1], trio.hosts[0]
     play = tmp_path / "touch.yml"
