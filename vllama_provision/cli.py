@@ -243,9 +243,20 @@ def apply(inventory: Path, limit: str | None, json_out: str | None, check: bool,
 @strategy_option
 def verify(inventory: Path, limit: str | None, json_out: str | None, verbose: int,
            strategy: Strategy) -> None:
-    """Verify every endpoint for real, on each host and from here when reachable."""
-    apply_like("verify", inventory, limit, check=False, diff=False, verbose=verbose,
-                json_out=json_out, playbook="verify.yml", strategy=strategy)
+    """Verify every endpoint for real, from here, all at once; on the host where needed.
+
+    An instance this machine reaches is verified from here (readiness, /v1/models, a 401
+    without the key, one short streamed completion); a host is verified on itself when one of
+    its endpoints is not reachable from here, when it has NVIDIA GPUs (their health is checked
+    there too), or when its platform is known only from facts not cached with `facts --save`.
+    The report's `verified_from` says which ran. Changes nothing.
+    """
+    # The host-side runs take --strategy as the process default (strategy.chosen()).
+    del strategy
+    from vllama_provision.verify import verify_fleet
+
+    click.echo(f"verify: {inventory}", err=True)
+    finish(verify_fleet(inventory, limit, verbose=verbose), json_out)
 
 
 # --------------------------------------------------------------------------------- facts ---

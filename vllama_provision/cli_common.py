@@ -51,9 +51,10 @@ def break_lock_option(func: F) -> F:
 
 
 def _choose_strategy(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
-    from vllama_provision.strategy import choose
+    from vllama_provision.strategy import choose, set_chosen
 
     chosen = choose(value)  # a forced Mitogen that cannot run: UsageError, exit 2
+    set_chosen(chosen)  # every run this command starts, also those it does not name
     if chosen.warning:
         click.echo(click.style(f"warning: {chosen.warning}", fg="yellow"), err=True)
     if chosen.name != "linear" or (value or "linear") != "linear":
@@ -205,25 +206,22 @@ def _echo_diff(host: str, diffs: Any) -> None:
 
 
 def controller_checks(report: Report, plans: dict[str, dict[str, Any]]) -> None:
-    """Repeat verification from the controller for every instance the host verified, with the
-    prompt the host used (the instance's `vllama_verify_prompt`)."""
-    from vllama_provision.verify import verify_from_controller
+    """Repeat verification from the controller, for every instance its host verified, all at
+    once, with the prompt the host used (the host's `vllama_verify_prompt`)."""
+    from vllama_provision.verify import verify_all
 
-    for host, plan in sorted(plans.items()):
-        entry = report.host(host)
-        prompt = plan.get("verify_prompt") or DEFAULT_PROMPT
-        for inst in plan.get("instances") or []:
-            item = entry.instance(inst["name"])
-            if not item.verified:
-                continue
-            check = verify_from_controller(host, inst, prompt)
-            if check.verified:
-                item.verified_from = sorted({*item.verified_from, "controller"})
-                if check.answer:
-                    item.extra["controller_answer"] = check.answer
-            else:
-                click.echo(f"  {host} {inst['name']}: not verified from the controller: "
-                           f"{check.detail}", err=True)
+    targets = [(host, inst, plan.get("verify_prompt") or DEFAULT_PROMPT)
+               for host, plan in sorted(plans.items())
+               for inst in plan.get("instances") or []
+               if report.host(host).instance(inst["name"]).verified]
+    for (host, name), check in verify_all(targets).items():
+        item = report.host(host).instance(name)
+        if check.verified:
+            item.verified_from = sorted({*item.verified_from, "controller"})
+            item.extra["controller_answer"] = check.answer
+        else:
+            click.echo(f"  {host} {name}: not verified from the controller: {check.detail}",
+                       err=True)
 
 
 DEFAULT_PROMPT = "What is the capital of France?"

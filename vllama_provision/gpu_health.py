@@ -1,6 +1,6 @@
 """GPU health of NVIDIA hosts as `verify` and `status` report it.
 
-On the host, ``vllama_gpu_health`` (roles/vllama_facts/library, shared code in
+On the host, ``vllama_gpu_health`` (plugins/modules, shared code in plugins/
 module_utils/vllama_nvidia_host.py) checks that NVML initialises, that the loaded kernel module,
 NVML and the installed user-space library agree on one driver version (the classic
 "Driver/library version mismatch" after an unattended upgrade without a reboot) and that an nvidia

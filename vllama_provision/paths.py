@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+import tempfile
 from pathlib import Path
 
 _PACKAGE = Path(__file__).resolve().parent
@@ -34,6 +36,31 @@ def templates_dir() -> Path:
 
 def ansible_cfg() -> Path:
     return data_root() / "ansible.cfg"
+
+
+def collections_dir() -> Path:
+    """A collections path whose ``ansible_collections/vllama/provision`` is :func:`data_root`.
+
+    The roles and plugins are the Ansible collection ``vllama.provision``; the CLI runs them from
+    its own copy (the checkout or the installed wheel's ``_data``) through a symlink kept under
+    the cache folder, keyed by that copy's path (a temporary folder when the cache is read-only).
+    """
+    root = data_root()
+    key = hashlib.sha256(str(root).encode()).hexdigest()[:16]
+    for base in (cache_dir() / "collections", Path(tempfile.gettempdir()) / "vllama-collections"):
+        folder = base / key
+        link = folder / "ansible_collections" / "vllama" / "provision"
+        try:
+            if not (link.is_symlink() and Path(os.readlink(link)) == root):
+                link.parent.mkdir(parents=True, exist_ok=True)
+                tmp = link.with_name(f".provision-{os.getpid()}")
+                tmp.unlink(missing_ok=True)
+                tmp.symlink_to(root, target_is_directory=True)
+                os.replace(tmp, link)  # atomic: concurrent runs never see a missing link
+            return folder
+        except OSError:
+            continue
+    raise OSError(f"cannot create a collections folder for {root}")
 
 
 def _is_root() -> bool:

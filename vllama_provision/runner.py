@@ -22,13 +22,15 @@ import click
 from vllama_provision import paths
 from vllama_provision.errors import RunError
 from vllama_provision.report import HostReport, Report
-from vllama_provision.strategy import LINEAR, Strategy
+from vllama_provision.strategy import LINEAR, Strategy, chosen
 
 # Actions whose results carry the tool's own data.
 _PLAN_ACTION = "vllama_plan"
 _VERIFY_ACTION = "vllama_verify"
 _FACTS_ACTION = "vllama_host_facts"
 _RELEASE_ACTION = "vllama_release"
+# Tasks whose failure is a refusal (nothing changed yet) start with this word.
+REFUSAL_PREFIX = "Refuse "
 
 
 @dataclass
@@ -46,7 +48,7 @@ class RunRequest:
     forks: int = 10
     # Chosen once by the CLI (vllama_provision.strategy); a run that fails is never retried
     # under the other strategy.
-    strategy: Strategy = LINEAR
+    strategy: Strategy = field(default_factory=chosen)
 
 
 @dataclass
@@ -83,26 +85,53 @@ def _error_text(res: dict[str, Any]) -> str:
 
 
 class Progress:
-    """Live per-host progress lines: phase, task and the host's counts so far."""
+    """Live output of a run: per host, each phase as it starts and every task that changed,
+    failed or was refused; what merely confirmed the state is counted, and what does not apply
+    to the host (skipped tasks, by role) is summarised on one line when the host is done."""
 
     def __init__(self, enabled: bool = True, stream: Any = None):
         self.enabled = enabled
         self.stream = stream or sys.stderr
         self.counts: dict[str, dict[str, int]] = {}
+        self.phases: dict[str, str] = {}
+        self.skipped_roles: dict[str, dict[str, int]] = {}
 
-    def result(self, host: str, phase: str, task: str, outcome: str) -> None:
-        counts = self.counts.setdefault(host, {"ok": 0, "changed": 0, "failed": 0})
+    def _echo(self, text: str) -> None:
+        if self.enabled:
+            click.echo(text, err=True)
+
+    def result(self, host: str, phase: str, task: str, outcome: str,
+               role: str = "") -> None:
+        counts = self.counts.setdefault(host, {"ok": 0, "changed": 0, "failed": 0,
+                                               "skipped": 0})
         if outcome in counts:
             counts[outcome] += 1
         if outcome == "changed":
             counts["ok"] += 1
-        if not self.enabled or outcome in ("skipped",):
+        if outcome == "skipped":
+            where = role or phase or "play"
+            roles = self.skipped_roles.setdefault(host, {})
+            roles[where] = roles.get(where, 0) + 1
+            return
+        if phase and self.phases.get(host) != phase:
+            self.phases[host] = phase
+            self._echo(f"  {host:<16} [{phase}]")
+        if outcome in ("ok",):
             return
         colour = {"changed": "yellow", "failed": "red", "unreachable": "red",
                   "refused": "red"}.get(outcome)
         label = click.style(f"{outcome:<11}", fg=colour) if colour else f"{outcome:<11}"
-        tally = f"ok={counts['ok']} changed={counts['changed']}"
-        click.echo(f"  {host:<16} {label} [{phase or '-'}] {task}  ({tally})", err=True)
+        self._echo(f"  {host:<16}   {label} {task}")
+
+    def finish(self) -> None:
+        """One closing line per host: its counts and what did not apply to it."""
+        for host, counts in sorted(self.counts.items()):
+            line = f"  {host:<16} done: {counts['ok']} ok, {counts['changed']} changed"
+            skipped = self.skipped_roles.get(host) or {}
+            if skipped:
+                parts = ", ".join(f"{role} {n}" for role, n in sorted(skipped.items()))
+                line += f"; {counts['skipped']} task(s) not applicable here ({parts})"
+            self._echo(line)
 
 
 class EventHandler:
@@ -129,6 +158,7 @@ class EventHandler:
         kind = event.get("event", "")
         if kind == "playbook_on_stats":
             self.finished = True
+            self.progress.finish()
         data = event.get("event_data") or {}
         host = data.get("host")
         if not host or not kind.startswith("runner_on_"):
@@ -138,6 +168,7 @@ class EventHandler:
         res = data.get("res") or {}
         task = str(data.get("task") or "")
         phase = _phase(data)
+        role = str(data.get("role") or "")
         action = str(data.get("task_action") or "")
         report.phase = phase or report.phase
         if kind == "runner_on_ok":
@@ -152,7 +183,9 @@ class EventHandler:
             if data.get("ignore_errors"):
                 self.progress.result(host, phase, task, "ignored")
                 return
-            refused = bool(res.get("vllama_refused"))
+            # A refusal changes nothing: modules say so (vllama_refused), and so do the role's
+            # checks named "Refuse ..." (asserts cannot add a field to their result).
+            refused = bool(res.get("vllama_refused")) or task.startswith(REFUSAL_PREFIX)
             report.status = "refused" if refused else "failed"
             report.failed_task = task
             report.error = _error_text(res)
@@ -164,7 +197,7 @@ class EventHandler:
             report.error = _error_text(res)
             self.progress.result(host, phase, task, "unreachable")
         elif kind == "runner_on_skipped":
-            self.progress.result(host, phase, task, "skipped")
+            self.progress.result(host, phase, task, "skipped", role)
 
     def settle(self) -> None:
         """After the run: a host that failed or was refused shows what it runs now (as last
@@ -261,15 +294,15 @@ def ansible_env(strategy: Strategy = LINEAR) -> dict[str, str]:
     return {
         **strategy.env(),
         "ANSIBLE_CONFIG": str(paths.ansible_cfg()),
-        "ANSIBLE_ROLES_PATH": str(paths.roles_dir()),
+        # The roles and plugins are the collection vllama.provision (called by their FQCNs).
+        "ANSIBLE_COLLECTIONS_PATH": str(paths.collections_dir()),
         "ANSIBLE_INVENTORY_UNPARSED_FAILED": "1",
         "ANSIBLE_PYTHON_INTERPRETER": "auto_silent",
         "PATH": bindir + os.pathsep + os.environ.get("PATH", ""),
         "VLLAMA_TEMPLATES_DIR": str(paths.templates_dir()),
-        # The watchdog callback stops the run when this process dies. ansible-runner sets
-        # ANSIBLE_CALLBACK_PLUGINS itself (overriding ansible.cfg) and appends to this value.
+        # The watchdog callback (vllama.provision.vllama_watchdog, enabled by ansible.cfg)
+        # stops the run when this process dies.
         "VLLAMA_CLI_PID": str(os.getpid()),
-        "ANSIBLE_CALLBACK_PLUGINS": str(paths.data_root() / "plugins" / "callback"),
         # The role keeps the controller's private key copies and fetched wheels here.
         "VLLAMA_STATE_DIR": str(paths.state_dir()),
         "PYTHONPATH": str(Path(__file__).resolve().parent.parent) + os.pathsep

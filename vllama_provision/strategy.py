@@ -89,6 +89,18 @@ class Strategy:
 
 
 LINEAR = Strategy("linear", "the stock strategy")
+_chosen: Strategy | None = None
+
+
+def chosen() -> Strategy:
+    """The strategy the CLI chose for this process (``--strategy``), else linear: the default
+    of every RunRequest, so that a run started deep in a command gets it too."""
+    return _chosen or LINEAR
+
+
+def set_chosen(strategy: Strategy | None) -> None:
+    global _chosen
+    _chosen = strategy
 
 
 def installed() -> Installed:

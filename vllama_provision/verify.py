@@ -1,13 +1,27 @@
-"""Verification from the controller, when an endpoint is reachable from here.
+"""Verification from the controller: every reachable instance of the fleet at once.
 
-The role verifies every endpoint on its host (the only place that can always reach a
-loopback-bound or isolated engine); this module repeats the check from the controller with
-httpx, with the controller's private copy of the key, and says plainly when it could not.
+The verification contract, the same on the host (the role's ``vllama_verify``) and here:
+
+1. the engine is ready (each server has its own probe: ``/health`` for vLLM and llama.cpp's
+   server, ``/v1/models`` with the key for llama-cpp-python);
+2. ``/v1/models`` with the key lists exactly the served name, and without the key answers 401;
+3. where the server rejects unknown models (vLLM), a request for another model gets 404;
+4. one real streamed chat completion of at most ``MAX_TOKENS`` tokens at temperature 0 answers
+   with text; its time to first token and tokens per second are measured.
+
+Here all instances are checked concurrently (httpx's async client), each with the controller's
+private copy of its key; the model list is asked once per instance (it doubles as the readiness
+probe where the server's probe is that list). An instance this machine cannot reach (an engine
+bound to the host's loopback, an isolated host) or whose key copy is missing is reported as not
+reachable, so the caller can verify it on its host instead.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,6 +29,14 @@ from typing import Any
 import httpx
 
 from vllama_provision import paths
+from vllama_provision.report import Report
+
+# Part of the verification contract: the completion is short (the answer proves the model
+# generates; its speed is measured over these tokens) and the same everywhere.
+MAX_TOKENS = 16
+UNKNOWN_MODEL = "vllama-verify-no-such-model"
+READY_TIMEOUT = 30.0  # an engine `verify` finds starting gets this long to become ready
+REQUEST_TIMEOUT = 120.0
 
 
 @dataclass
@@ -23,6 +45,12 @@ class ControllerCheck:
     verified: bool
     detail: str
     answer: str | None = None
+    ttft_ms: float | None = None
+    tokens_per_s: float | None = None
+
+
+class _Failed(Exception):
+    pass
 
 
 def key_path(host: str, instance: str) -> Path:
@@ -36,34 +64,177 @@ def read_key(host: str, instance: str) -> str | None:
         return None
 
 
-def verify_from_controller(host: str, instance: dict[str, Any], prompt: str,
-                           timeout: float = 10.0) -> ControllerCheck:
-    """Check /v1/models and one chat completion against the endpoint the inventory names."""
-    key = read_key(host, instance["name"])
+async def _ready(client: httpx.AsyncClient, base: str, readiness: dict[str, Any],
+                 headers: dict[str, str], timeout: float) -> httpx.Response:
+    deadline = time.monotonic() + timeout
+    path = readiness.get("path", "/health")
+    while True:
+        try:
+            reply = await client.get(base + path,
+                                     headers=headers if readiness.get("auth") else {})
+            if reply.status_code == readiness.get("expect_status", 200):
+                return reply
+            last = f"HTTP {reply.status_code}"
+        except httpx.ConnectError:
+            raise
+        except httpx.TransportError as exc:
+            last = str(exc) or type(exc).__name__
+        if time.monotonic() >= deadline:
+            raise _Failed(f"not ready after {timeout:.0f}s ({path}: {last})")
+        await asyncio.sleep(0.5)
+
+
+async def _models(client: httpx.AsyncClient, base: str, headers: dict[str, str],
+                  served: str, listed: httpx.Response | None) -> None:
+    reply = listed or await client.get(f"{base}/v1/models", headers=headers)
+    if reply.status_code != 200:
+        raise _Failed(f"/v1/models answered {reply.status_code}")
+    ids = [m.get("id") for m in reply.json().get("data", [])]
+    if ids != [served]:
+        raise _Failed(f"/v1/models lists {ids}, expected exactly {[served]}")
+    anonymous = await client.get(f"{base}/v1/models")
+    if anonymous.status_code not in (401, 403):
+        raise _Failed(f"/v1/models without the key answered {anonymous.status_code}, not 401")
+
+
+async def _unknown_model(client: httpx.AsyncClient, base: str,
+                         headers: dict[str, str]) -> None:
+    reply = await client.post(f"{base}/v1/chat/completions", headers=headers, json={
+        "model": UNKNOWN_MODEL, "max_tokens": 1, "messages": [{"role": "user", "content": "hi"}]})
+    if reply.status_code != 404:
+        raise _Failed(f"a request for the unknown model '{UNKNOWN_MODEL}' answered "
+                      f"{reply.status_code}, expected 404")
+
+
+async def _stream(client: httpx.AsyncClient, base: str, headers: dict[str, str], served: str,
+                  prompt: str) -> tuple[str, float, float | None]:
+    body = {"model": served, "temperature": 0, "max_tokens": MAX_TOKENS, "stream": True,
+            "messages": [{"role": "user", "content": prompt}]}
+    start = time.monotonic()
+    first: float | None = None
+    parts: list[str] = []
+    async with client.stream("POST", f"{base}/v1/chat/completions", headers=headers,
+                             json=body, timeout=REQUEST_TIMEOUT) as reply:
+        if reply.status_code != 200:
+            raise _Failed(f"the streamed chat completion answered {reply.status_code}")
+        async for line in reply.aiter_lines():
+            if not line.startswith("data:"):
+                continue
+            payload = line[5:].strip()
+            if payload == "[DONE]":
+                break
+            delta = (json.loads(payload).get("choices") or [{}])[0].get("delta") or {}
+            if delta.get("content"):
+                parts.append(delta["content"])
+                first = first or time.monotonic()
+    end = time.monotonic()
+    answer = "".join(parts).strip()
+    if first is None or not answer:
+        raise _Failed("the streamed chat completion returned no text")
+    rate = (len(parts) - 1) / (end - first) if len(parts) > 1 and end > first else None
+    return answer, round((first - start) * 1000, 1), (round(rate, 1) if rate else None)
+
+
+async def _check(client: httpx.AsyncClient, host: str, inst: dict[str, Any], prompt: str,
+                 ready_timeout: float) -> ControllerCheck:
+    key = read_key(host, inst["name"])
     if key is None:
         return ControllerCheck(False, False, "no controller copy of the API key")
-    base = instance["endpoint"]
+    base = inst["endpoint"]
     headers = {"Authorization": f"Bearer {key}"}
+    readiness = inst.get("readiness") or {"path": "/health", "auth": False}
     try:
-        with httpx.Client(timeout=timeout) as client:
-            models = client.get(f"{base}/v1/models", headers=headers)
-            if models.status_code != 200:
-                return ControllerCheck(True, False, f"/v1/models answered {models.status_code}")
-            ids = [m.get("id") for m in models.json().get("data", [])]
-            if ids != [instance["served_name"]]:
-                return ControllerCheck(True, False, f"/v1/models lists {ids}")
-            start = time.monotonic()
-            reply = client.post(f"{base}/v1/chat/completions", headers=headers, timeout=120,
-                                json={"model": instance["served_name"], "temperature": 0,
-                                      "max_tokens": 32,
-                                      "messages": [{"role": "user", "content": prompt}]})
-            if reply.status_code != 200:
-                return ControllerCheck(True, False, f"chat completion answered "
-                                                    f"{reply.status_code}")
-            answer = reply.json()["choices"][0]["message"]["content"].strip()
-            took = (time.monotonic() - start) * 1000
-            return ControllerCheck(True, bool(answer), f"answered in {took:.0f} ms", answer)
-    except httpx.TransportError as exc:
+        ready = await _ready(client, base, readiness, headers, ready_timeout)
+        listed = ready if readiness.get("path") == "/v1/models" and readiness.get("auth") \
+            else None
+        await _models(client, base, headers, inst["served_name"], listed)
+        if readiness.get("rejects_unknown_model"):
+            await _unknown_model(client, base, headers)
+        answer, ttft, rate = await _stream(client, base, headers, inst["served_name"], prompt)
+    except httpx.ConnectError as exc:
         return ControllerCheck(False, False, f"not reachable from the controller ({exc})")
+    except httpx.TransportError as exc:
+        return ControllerCheck(True, False, f"request failed: {exc or type(exc).__name__}")
+    except _Failed as exc:
+        return ControllerCheck(True, False, str(exc))
     except (ValueError, KeyError, IndexError) as exc:
         return ControllerCheck(True, False, f"unexpected answer ({exc})")
+    return ControllerCheck(True, True, f"answered, first token after {ttft:.0f} ms", answer,
+                           ttft, rate)
+
+
+def verify_all(targets: Iterable[tuple[str, dict[str, Any], str]],
+               ready_timeout: float = READY_TIMEOUT) -> dict[tuple[str, str], ControllerCheck]:
+    """Check every (host, instance plan, prompt) at once; results keyed by (host, instance)."""
+    todo = list(targets)
+
+    async def run() -> list[ControllerCheck]:
+        limits = httpx.Limits(max_connections=max(10, 3 * len(todo)))
+        async with httpx.AsyncClient(timeout=httpx.Timeout(10.0, read=REQUEST_TIMEOUT),
+                                     limits=limits) as client:
+            return list(await asyncio.gather(*(_check(client, host, inst, prompt,
+                                                      ready_timeout)
+                                               for host, inst, prompt in todo)))
+
+    results = asyncio.run(run()) if todo else []
+    return {(host, inst["name"]): check
+            for (host, inst, _prompt), check in zip(todo, results, strict=True)}
+
+
+def verify_from_controller(host: str, instance: dict[str, Any], prompt: str,
+                           ready_timeout: float = READY_TIMEOUT) -> ControllerCheck:
+    """One instance (see verify_all)."""
+    return verify_all([(host, instance, prompt)], ready_timeout)[(host, instance["name"])]
+
+
+def verify_fleet(inventory: Path, limit: str | None, *, verbose: int = 0) -> Report:
+    """`vllama-provision verify`: every instance the controller can reach is verified from here,
+    all at once, without Ansible; a host is verified on itself (the role's verify play) when one
+    of its instances cannot be reached from here or has no key copy, when its platform is known
+    only from facts this controller has not cached, and on NVIDIA hosts (whose GPU health only
+    the host can check)."""
+    from dataclasses import asdict
+
+    from vllama_provision import facts as fact_cache
+    from vllama_provision.inventory import load_inventory
+    from vllama_provision.planner import plan_host
+    from vllama_provision.runner import Progress, RunRequest, run_playbook
+
+    hosts = list(load_inventory(inventory, limit))  # bad input never reaches a host
+    plans = {h.name: plan_host(h, fact_cache.load(inventory, h.name)) for h in hosts}
+    on_host = {name for name, plan in plans.items()
+               if plan.platform in (None, "linux-nvidia") or plan.refused}
+    targets = [(name, asdict(inst), plan.verify_prompt) for name, plan in plans.items()
+               if name not in on_host for inst in plan.instances]
+    checks = verify_all(targets)
+    on_host |= {host for (host, _name), check in checks.items() if not check.reachable}
+
+    report = Report(command="verify")
+    for name, plan in plans.items():
+        if name in on_host:
+            continue
+        entry = report.host(name)
+        entry.add_planned(plan.instances)
+        problems = []
+        for inst in plan.instances:
+            check = checks[(name, inst.name)]
+            item = entry.instance(inst.name)
+            item.verified = check.verified
+            if check.verified:
+                item.verified_from = ["controller"]
+                item.answer, item.ttft_ms, item.tokens_per_s = (check.answer, check.ttft_ms,
+                                                                check.tokens_per_s)
+            else:
+                problems.append(f"{inst.name}: {check.detail}")
+        if problems:
+            entry.status, entry.error = "failed", "; ".join(problems)
+            entry.failed_task = "Verify every endpoint from the controller."
+    if on_host:
+        played = run_playbook(RunRequest(playbook="verify.yml", inventory=inventory,
+                                         command="verify", verbosity=verbose,
+                                         limit=",".join(n for n in plans if n in on_host)),
+                              progress=Progress())
+        for name, entry in played.report.hosts.items():
+            report.hosts[name] = entry
+    report.hosts = dict(sorted(report.hosts.items()))
+    return report

@@ -28,6 +28,7 @@ import pytest
 from e2e.conftest import ROOT, SMOLLM2, smollm2_instance, write_inventory
 from labtools import ANSIBLE_ENV, BIN, explain
 
+from vllama_provision import paths
 from vllama_provision.lab.handle import Lab, LabHost
 from vllama_provision.modelref import parse_model
 from vllama_provision.models import fetch_pypi, sha256_file
@@ -213,7 +214,7 @@ GC_PLAY = textwrap.dedent("""\
       tasks:
         - name: Run the role's ZFS garbage collection.
           ansible.builtin.include_role:
-            name: vllama
+            name: vllama.provision.vllama
             tasks_from: zfs-gc
         - name: Save what it did on the controller.
           ansible.builtin.copy:
@@ -229,7 +230,8 @@ def _gc(inventory: Path, folder: Path) -> dict[str, Any]:
     play, out = folder / "gc.yml", folder / "gc.json"
     play.write_text(GC_PLAY)
     out.unlink(missing_ok=True)
-    env = {**os.environ, **ANSIBLE_ENV, "ANSIBLE_ROLES_PATH": str(ROOT / "roles"),
+    env = {**os.environ, **ANSIBLE_ENV,
+           "ANSIBLE_COLLECTIONS_PATH": str(paths.collections_dir()),
            "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg")}
     proc = subprocess.run([str(BIN / "ansible-playbook"), "-i", str(inventory), str(play),
                            "-e", f"gc_out={out}"], capture_output=True, text=True, timeout=300,

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from vllama_provision import paths
 from vllama_provision.verify import read_key
 
 from .conftest import smollm2_instance, write_inventory
@@ -108,6 +109,23 @@ def test_engine_has_the_release_model_open(lab: Any) -> None:
     local = Path(opened[0]).name
     assert local == manifest["model_file"]
     assert hashlib.sha256(b"").hexdigest() != digest
+
+
+def test_verify_checks_every_endpoint_from_the_controller_without_ansible(
+        lab: Any, inventory: Path, run_cli: Any) -> None:
+    """Both endpoints listen on their host's loopback address, which this machine reaches:
+    `verify` checks them from here, concurrently, and starts no Ansible run."""
+    pids = {h.name: _main_pid(h) for h in lab.hosts}
+    runs = paths.state_dir() / "runs"
+    before = set(runs.iterdir()) if runs.is_dir() else set()
+    result = run_cli("verify", str(inventory))
+    assert result.rc == 0, result.stderr
+    for host in lab.hosts:
+        inst = result.instance(host.name, "smollm2")
+        assert inst["verified"] is True and inst["verified_from"] == ["controller"]
+        assert inst["answer"].strip() and inst["ttft_ms"] > 0
+    assert {h.name: _main_pid(h) for h in lab.hosts} == pids
+    assert (set(runs.iterdir()) if runs.is_dir() else set()) == before, "an Ansible run started"
 
 
 def test_second_apply_changes_nothing_and_does_not_restart(lab: Any, inventory: Path,

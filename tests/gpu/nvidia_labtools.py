@@ -85,14 +85,14 @@ PLAY = """---
   environment:
     VLLAMA_MOCK_NVML_SCENARIO: {scenario}
   roles:
-    - role: vllama_facts
+    - role: vllama.provision.vllama_facts
 {roles}
 """
 
 
 def playbook_text(*roles: str) -> str:
     return PLAY.format(scenario=fr.SCENARIO,
-                       roles="\n".join(f"    - role: {r}" for r in roles))
+                       roles="\n".join(f"    - role: vllama.provision.{r}" for r in roles))
 
 
 def run_playbook(inventory: Path, play: Path, extra: dict[str, object], tmp: Path,
@@ -142,13 +142,16 @@ def install_ansible(host: LabHost) -> str:
 
 
 def copy_project(host: LabHost, dest: str = "/opt/vllama-test/src") -> None:
-    """The roles and the package's pure-Python decision modules, for a run on the host itself."""
+    """The roles (in the collection's layout, with its plugins) and the package's pure-Python
+    decision modules, for a run on the host itself (ANSIBLE_COLLECTIONS_PATH=dest)."""
     import io
 
     buf = io.BytesIO()
+    collection = "ansible_collections/vllama/provision"
     with tarfile.open(fileobj=buf, mode="w") as tar:
-        for role in ("vllama_facts", "vllama_nvidia_driver", "vllama_nvidia_container_toolkit"):
-            tar.add(ROOT / "roles" / role, arcname=f"roles/{role}",
+        for part in ("galaxy.yml", "meta", "plugins", "roles/vllama_facts",
+                     "roles/vllama_nvidia_driver", "roles/vllama_nvidia_container_toolkit"):
+            tar.add(ROOT / part, arcname=f"{collection}/{part}",
                     filter=lambda t: None if "__pycache__" in t.name else t)
         for module in ("__init__.py", "nvidia.py", "engines.py"):
             tar.add(ROOT / "vllama_provision" / module, arcname=f"vllama_provision/{module}")
@@ -192,20 +195,17 @@ def run_module(inventory: Path, module: str, args: dict[str, object], tmp: Path,
     n = len(list(tmp.glob("module-*.yml")))
     play = tmp / f"module-{module}-{n}.yml"
     result_file = tmp / f"module-{module}-{n}.json"
-    tasks = [{"name": f"Run {module}.", module: args, "register": "result"},
+    tasks = [{"name": f"Run {module}.", f"vllama.provision.{module}": args, "register": "result"},
              {"name": "Keep the result on the controller.", "delegate_to": "localhost",
               "ansible.builtin.copy": {"content": "{{ result | to_json }}",
                                        "dest": str(result_file), "mode": "0600"}}]
     play.write_text(json.dumps([{"name": "Module under test.", "hosts": "all",
                                  "gather_facts": False, "environment": env or {},
                                  "tasks": tasks}]))
-    facts_role = ROOT / "roles/vllama_facts"
     proc = subprocess.run(
         [str(BIN / "ansible-playbook"), "-i", str(inventory), str(play)],
         capture_output=True, text=True, timeout=300, check=False,
         env={**os.environ, **ansible_env(),
-             "ANSIBLE_LIBRARY": str(facts_role / "library"),
-             "ANSIBLE_MODULE_UTILS": str(facts_role / "module_utils"),
              "ANSIBLE_HOST_KEY_CHECKING": "False"})
     assert proc.returncode == 0, explain(proc)
     return json.loads(result_file.read_text())

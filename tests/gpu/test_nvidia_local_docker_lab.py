@@ -73,7 +73,7 @@ def reboot(h, timeout: float = 120) -> None:
 def local_run(h, name: str, extra: dict, *args: str):
     """ansible-playbook inside the host, against itself over a local connection."""
     lt.put(h, f"/opt/vllama-test/{name}.json", json.dumps(extra))
-    cmd = (f"cd /opt/vllama-test && PYTHONPATH={SRC} ANSIBLE_ROLES_PATH={SRC}/roles "
+    cmd = (f"cd /opt/vllama-test && PYTHONPATH={SRC} ANSIBLE_COLLECTIONS_PATH={SRC} "
            "ANSIBLE_NOCOLOR=1 ANSIBLE_RETRY_FILES_ENABLED=0 "
            f"{ANSIBLE} -i inventory.ini play.yml -e @{name}.json {' '.join(args)}")
     return h.ssh(cmd, check=False, timeout=600)

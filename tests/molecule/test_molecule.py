@@ -1,5 +1,6 @@
 """`molecule test` on real lab hosts: the default scenario (two hosts, converged, idempotent,
-verified) and the upgrade scenario (a failed upgrade rolled back, checked by its verify)."""
+verified) and the upgrade scenario (a failed upgrade rolled back, checked by its verify), whose
+host then serves a user's own playbook run with the built collection (user_play.py)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,13 @@ import sys
 from pathlib import Path
 
 import pytest
+import user_play  # this folder (pytest puts a test's folder on sys.path)
 from e2e.conftest import engine_wheel
 from labtools import leftovers
 from wheels import ensure_relabelled
+
+from vllama_provision import paths
+from vllama_provision.lab.state import LabState
 
 pytestmark = [pytest.mark.lab, pytest.mark.molecule]
 
@@ -30,24 +35,44 @@ def test_molecule_default_scenario(lab_golden: Path) -> None:
     _molecule_test("default", ("create", "converge", "idempotence", "verify", "destroy"))
 
 
-def test_molecule_upgrade_scenario(lab_golden: Path, engine_wheel: list[Path]) -> None:
+def test_molecule_upgrade_scenario(lab_golden: Path, engine_wheel: list[Path],
+                                   tmp_path: Path) -> None:
     ensure_relabelled(engine_wheel[0])  # the new engine build the side effect rolls out
-    _molecule_test("upgrade", ("create", "converge", "idempotence", "side_effect", "verify",
-                               "destroy"))
+    _molecule_test("upgrade", ("create", "converge", "idempotence", "side_effect", "verify"),
+                   destroy=False)
+    # Before the host goes: a user's own site.yml with the built collection and wheel, run with
+    # plain ansible-playbook on this scenario's host (no lab host of its own).
+    try:
+        user_play.check(LabState.load("molecule-upgrade").dir / "inventory.yml", tmp_path,
+                        REPO / "molecule" / "upgrade" / "vars.yml")
+    finally:
+        proc = subprocess.run([str(Path(sys.executable).parent / "molecule"), "destroy",
+                               "--scenario-name", "upgrade"], cwd=REPO, env=_env(),
+                              capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert not any(leftovers("molecule-upgrade").values())
 
 
-def _molecule_test(scenario: str, steps: tuple[str, ...]) -> None:
+def _env() -> dict[str, str]:
+    molecule = Path(sys.executable).parent / "molecule"
+    return {**os.environ, "PATH": f"{molecule.parent}{os.pathsep}{os.environ.get('PATH', '')}",
+            "PYTHONPATH": str(REPO), "ANSIBLE_NOCOLOR": "1", "NO_COLOR": "1",
+            # molecule.yml: the roles are the collection vllama.provision, from this checkout.
+            "VLLAMA_MOLECULE_COLLECTIONS": str(paths.collections_dir())}
+
+
+def _molecule_test(scenario: str, steps: tuple[str, ...], destroy: bool = True) -> None:
     molecule = Path(sys.executable).parent / "molecule"
     if not molecule.exists():
         message = f"molecule is not installed next to {sys.executable} (pip install molecule)"
         if os.environ.get("CI", "").lower() in {"1", "true", "yes", "on"}:
             pytest.fail(message, pytrace=False)
         pytest.skip(message)
-    env = {**os.environ, "PATH": f"{molecule.parent}{os.pathsep}{os.environ.get('PATH', '')}",
-           "PYTHONPATH": str(REPO), "ANSIBLE_NOCOLOR": "1", "NO_COLOR": "1"}
+    env = _env()
     # Its own session, so a timeout stops molecule AND its ansible-playbook children; then the
     # lab is taken down (molecule's destroy never ran) before the test fails.
-    proc = subprocess.Popen([str(molecule), "test", "--scenario-name", scenario], cwd=REPO,
+    proc = subprocess.Popen([str(molecule), "test", "--scenario-name", scenario,
+                             *([] if destroy else ["--destroy", "never"])], cwd=REPO,
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, start_new_session=True)
     try:
@@ -62,4 +87,5 @@ def _molecule_test(scenario: str, steps: tuple[str, ...]) -> None:
     assert proc.returncode == 0, output[-6000:]
     for step in steps:
         assert f"{step}: Executed: Successful" in output, output[-6000:]
-    assert not any(leftovers(f"molecule-{scenario}").values())
+    if destroy:
+        assert not any(leftovers(f"molecule-{scenario}").values())

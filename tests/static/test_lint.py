@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from vllama_provision import paths
 from vllama_provision.runner import ansible_env
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -15,8 +16,11 @@ BIN = Path(sys.executable).parent
 
 def _run(*cmd: str, ansible: bool = False) -> subprocess.CompletedProcess[str]:
     """Run a tool from the venv; with ansible=True, in the environment the CLI gives Ansible."""
+    # The roles call the collection's modules and plugins by FQCN: ansible-lint resolves them in
+    # the CLI's collections path (--offline installs nothing).
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-           "NO_COLOR": "1", "ANSIBLE_NOCOLOR": "1"}
+           "NO_COLOR": "1", "ANSIBLE_NOCOLOR": "1",
+           "ANSIBLE_COLLECTIONS_PATH": str(paths.collections_dir())}
     # vllama_provision.inventory sets this for its own in-process parsing; ansible-lint's
     # inventory-less syntax checks must not inherit it.
     env.pop("ANSIBLE_INVENTORY_UNPARSED_FAILED", None)

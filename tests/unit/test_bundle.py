@@ -258,7 +258,7 @@ def test_role_packages_come_from_the_roles_os_data() -> None:
 
 
 def test_host_side_check_names_the_file(tmp_path: Path) -> None:
-    path = ROOT / "roles" / "vllama" / "library" / "vllama_bundle_check.py"
+    path = ROOT / "plugins" / "modules" / "vllama_bundle_check.py"
     spec = importlib.util.spec_from_file_location("vllama_bundle_check_test", path)
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)

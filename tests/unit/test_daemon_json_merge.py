@@ -12,7 +12,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 spec = importlib.util.spec_from_file_location(
     "vllama_docker_daemon_json_under_test",
-    ROOT / "roles/vllama_nvidia_container_toolkit/library/vllama_docker_daemon_json.py")
+    ROOT / "plugins/modules/vllama_docker_daemon_json.py")
 assert spec is not None and spec.loader is not None
 mod = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(mod)

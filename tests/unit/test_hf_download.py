@@ -18,7 +18,7 @@ from stand_in_hub import COMMIT, FILES
 
 ROOT = Path(__file__).resolve().parents[2]
 _spec = importlib.util.spec_from_file_location(
-    "vllama_hf_download", ROOT / "roles/vllama/library/vllama_hf_download.py")
+    "vllama_hf_download", ROOT / "plugins/modules/vllama_hf_download.py")
 hf = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(hf)
 

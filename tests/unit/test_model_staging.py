@@ -20,10 +20,10 @@ import pytest
 from vllama_provision.models import resolve_source
 
 ROOT = Path(__file__).resolve().parents[2]
-LIBRARY = ROOT / "roles/vllama/library"
+LIBRARY = ROOT / "plugins/modules"
 
 _spec = importlib.util.spec_from_file_location("vllama_filters",
-                                               ROOT / "roles/vllama/filter_plugins/vllama.py")
+                                               ROOT / "plugins/filter/vllama.py")
 filters = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(filters)
 

@@ -27,8 +27,8 @@ def _load(path: Path, name: str) -> Any:
     return module
 
 
-FILTERS = _load(ROOT / "roles/vllama/filter_plugins/vllama.py", "vllama_filters")
-MODULE = _load(ROOT / "roles/vllama/library/vllama_release.py", "vllama_release_module")
+FILTERS = _load(ROOT / "plugins/filter/vllama.py", "vllama_filters")
+MODULE = _load(ROOT / "plugins/modules/vllama_release.py", "vllama_release_module")
 
 
 @pytest.mark.parametrize(("a", "b", "expected"), [

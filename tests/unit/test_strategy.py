@@ -134,9 +134,14 @@ def test_this_controllers_mitogen_is_found_without_importing_it() -> None:
 
 
 def test_the_deprecation_text_is_ansible_cores_own() -> None:
-    """The callback drops exactly this message: it must still be what ansible-core says."""
+    """The callback drops exactly this message: it must still be what ansible-core says, and
+    the callback (which does not import the package) must carry the same text and variable."""
     loader = Path(importlib.util.find_spec("ansible").origin).parent / "plugins" / "loader.py"
     assert strategy.DEPRECATION_TEXT in loader.read_text()
+    callback = (ROOT / "plugins" / "callback" / "vllama_quiet_strategy.py").read_text()
+    assert f'DEPRECATION_TEXT = "{strategy.DEPRECATION_TEXT}"' in callback
+    assert f'QUIET_ENV = "{strategy.QUIET_ENV}"' in callback
+    assert "vllama.provision.vllama_quiet_strategy" in (ROOT / "ansible.cfg").read_text()
 
 
 def test_the_cli_refuses_a_forced_mitogen_that_cannot_run(tmp_path: Path) -> None:

@@ -1,8 +1,9 @@
-"""Verification from the controller (cli_common.controller_checks) against a stand-in endpoint on
-loopback: the real httpx client, the controller's key copy, the host's own prompt.
+"""Verification from the controller (verify.verify_all, cli_common.controller_checks and the
+`verify` command) against stand-in endpoints on loopback: the real httpx client, the
+controller's key copies, the host's own prompt, several instances at once.
 
-The stand-in is a small HTTP server speaking the two OpenAI routes verification uses; the
-engines themselves are verified from the controller in the e2e tier.
+The stand-in is a small HTTP server speaking the OpenAI routes verification uses (a streamed
+completion included); the engines themselves are verified from the controller in the e2e tier.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any, ClassVar
 
 import pytest
 
-from vllama_provision import cli_common
+from vllama_provision import cli_common, verify
 from vllama_provision.report import Report
 
 KEY = "sk-test-controller-copy"
@@ -44,14 +45,24 @@ class _Endpoint(BaseHTTPRequestHandler):
         return True
 
     def do_GET(self) -> None:
-        if self._authorised():
+        if self.path == "/health":
+            self._reply(200, {"status": "ok"})
+        elif self._authorised():
             self._reply(200, {"data": [{"id": self.served}]})
 
     def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        if self._authorised():
-            self.prompts.append(body["messages"][0]["content"])
-            self._reply(200, {"choices": [{"message": {"content": " Rome. "}}]})
+        if not self._authorised():
+            return
+        self.prompts.append(body["messages"][0]["content"])
+        assert body["stream"] is True and body["max_tokens"] == verify.MAX_TOKENS
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.end_headers()
+        for piece in (" Rome", ". "):
+            chunk = {"choices": [{"delta": {"content": piece}}]}
+            self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
+        self.wfile.write(b"data: [DONE]\n\n")
 
 
 @pytest.fixture
@@ -100,3 +111,31 @@ def test_a_wrong_key_copy_is_not_verified_from_the_controller(endpoint: str, tmp
     assert item.verified_from == ["host"] and "controller_answer" not in item.extra
     assert "not verified from the controller: /v1/models answered 401" in capsys.readouterr().err
     assert _Endpoint.prompts == []
+
+
+def test_many_instances_are_checked_at_once_and_each_fails_for_its_own_reason(
+        endpoint: str, tmp_path: Path) -> None:
+    keys = tmp_path / "state" / "keys"
+    for host, name in (("h2", "a"), ("h3", "c"), ("h1", "smollm2-listed")):
+        (keys / host).mkdir(exist_ok=True)
+        (keys / host / f"{name}.key").write_text(KEY + "\n")
+    plain = {"endpoint": endpoint, "served_name": "smollm2"}
+    targets = [
+        ("h1", {"name": "smollm2", **plain}, "q1"),
+        ("h2", {"name": "a", **plain, "served_name": "other"}, "q2"),   # wrong model name
+        ("h2", {"name": "b", **plain}, "q3"),                           # no key copy
+        ("h3", {"name": "c", **plain, "endpoint": "http://127.0.0.1:9"}, "q4"),  # refused
+        ("h1", {"name": "smollm2-listed", **plain,                       # readiness = model list
+                "readiness": {"path": "/v1/models", "auth": True}}, "q5"),
+    ]
+    checks = verify.verify_all(targets, ready_timeout=1)
+    assert checks[("h1", "smollm2")].verified and checks[("h1", "smollm2")].answer == "Rome."
+    assert checks[("h1", "smollm2-listed")].verified
+    wrong = checks[("h2", "a")]
+    assert (wrong.reachable, wrong.verified) == (True, False)
+    assert wrong.detail == "/v1/models lists ['smollm2'], expected exactly ['other']"
+    assert checks[("h2", "b")].detail == "no controller copy of the API key"
+    refused = checks[("h3", "c")]
+    assert (refused.reachable, refused.verified) == (False, False)
+    assert refused.detail.startswith("not reachable from the controller")
+    assert sorted(_Endpoint.prompts) == ["q1", "q5"]

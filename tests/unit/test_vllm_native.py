@@ -34,7 +34,7 @@ def _host(instances: list[dict[str, Any]], platform: str) -> HostSpec:
 
 def _filters() -> Any:
     spec = importlib.util.spec_from_file_location(
-        "vllama_filters", ROOT / "roles/vllama/filter_plugins/vllama.py")
+        "vllama_filters", ROOT / "plugins/filter/vllama.py")
     module = importlib.util.module_from_spec(spec)
     assert spec.loader is not None
     sys.modules["vllama_filters"] = module

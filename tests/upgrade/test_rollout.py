@@ -295,6 +295,8 @@ def test_an_upgrade_to_a_version_nobody_built_is_refused_before_any_change(
     assert all(serving(h) for h in fleet.hosts)
     refused = [h.name for h in fleet.hosts if result.host(h.name)["status"] == "refused"]
     assert refused, result.report
+    assert ("run `vllama-provision wheelhouse build --engine llama-cpp-python --version 9.9.9`"
+            in result.host(refused[0])["error"])
     for host in fleet.hosts:
         inst = result.instance(host.name, INSTANCE)
         # RELEASE is what the host runs, not the release 9.9.9 would have been.

@@ -443,7 +443,7 @@ def _token(token_file: str) -> str:
 
 def _hf_module() -> Any:
     """The role's Hugging Face download module (standard library only), reused as is."""
-    path = paths.roles_dir() / "vllama" / "library" / "vllama_hf_download.py"
+    path = paths.data_root() / "plugins" / "modules" / "vllama_hf_download.py"
     spec = importlib.util.spec_from_file_location("vllama_hf_download_bundle", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)

@@ -1,0 +1,145 @@
+#!/usr/bin/python
+"""Gather the host facts vllama-provision plans with (platform, NVIDIA GPUs through NVML, Apple).
+
+The result has the one shape defined in vllama_provision/gpu.py (schema 1). Runs on the host with
+the standard library only. NVML is read through nvidia-ml-py (``pynvml``) carried WITH the module
+(module_utils/vllama_pynvml.py, a verbatim copy of the pinned release that Ansible ships inside
+the module's payload), so nothing is pip-installed into the system Python (PEP 668), no venv has
+to exist before the first facts run, and gathering facts stays read-only and works offline.
+"""
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: vllama_host_facts
+short_description: Gather platform and GPU facts for vllama-provision
+description:
+  - Returns C(vllama_facts) (also as an Ansible fact) in vllama-provision's host facts shape.
+  - NVIDIA devices on the PCI bus are listed even when no driver is loaded.
+  - A host without a GPU gets explicit empty GPU facts, never an error.
+options:
+  pynvml_path:
+    description:
+      - Folder to import C(pynvml) from instead of the copy carried with the module.
+      - The tests put a mock NVML there (no GPU exists on the test machines).
+    type: str
+    default: ""
+  sysfs_root:
+    description: Where sysfs is mounted (a fake tree in tests).
+    type: str
+    default: /sys
+author: vllama-provision maintainers (@vllama-provision)
+"""
+
+EXAMPLES = r"""
+- name: Gather vllama-provision host facts.
+  vllama.provision.vllama_host_facts:
+"""
+
+RETURN = r"""
+vllama_facts:
+  description: Host facts in vllama-provision's schema 1 shape.
+  returned: always
+  type: dict
+"""
+
+import os
+import platform
+import subprocess
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.vllama.provision.plugins.module_utils import vllama_nvidia_host as host
+
+
+def _read(path, default=""):
+    try:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            return handle.read().strip()
+    except OSError:
+        return default
+
+
+def _os_release():
+    data = {}
+    for line in _read("/etc/os-release").splitlines():
+        if "=" in line:
+            key, value = line.split("=", 1)
+            data[key] = value.strip().strip('"')
+    return data
+
+
+def _os_family(ids):
+    if ids & {"debian", "ubuntu"}:
+        return "Debian"
+    if ids & {"rhel", "rocky", "almalinux", "centos", "fedora"}:
+        return "RedHat"
+    return "Other"
+
+
+def _run(cmd):
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+
+
+def _memory_bytes(system):
+    if system == "Darwin":
+        out = _run(["sysctl", "-n", "hw.memsize"])
+        return int(out.stdout.strip()) if out and out.returncode == 0 else 0
+    for line in _read("/proc/meminfo").splitlines():
+        if line.startswith("MemTotal:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def platform_facts(sysfs_root):
+    system = platform.system()
+    machine = platform.machine()
+    kernel = platform.release()
+    if system == "Darwin":
+        out = _run(["sw_vers", "-productVersion"])
+        distribution, version, family = "macOS", (out.stdout.strip() if out else ""), "Darwin"
+    else:
+        release = _os_release()
+        ids = {release.get("ID", "")} | set(release.get("ID_LIKE", "").split())
+        distribution = release.get("NAME", "Linux").split()[0] or "Linux"
+        version = release.get("VERSION_ID", "")
+        family = _os_family(ids)
+    return {
+        "system": system, "machine": machine, "kernel": kernel, "os_family": family,
+        "distribution": distribution, "distribution_version": version,
+        "python": platform.python_version(), "memory_bytes": _memory_bytes(system),
+        "cpu_count": os.cpu_count() or 1,
+        "secure_boot": host.secure_boot(sysfs_root) if system == "Linux" else None,
+        "kernel_headers_installable":
+            host.headers_installable(family, kernel) if system == "Linux" else None,
+        "libc": "".join(platform.libc_ver()) if system == "Linux" else "darwin",
+    }
+
+
+def apple_facts(plat):
+    if plat["system"] != "Darwin" or plat["machine"] != "arm64":
+        return None
+    out = _run(["sysctl", "-n", "machdep.cpu.brand_string"])
+    chip = out.stdout.strip() if out and out.returncode == 0 else "Apple Silicon"
+    return {"chip": chip, "unified_memory_bytes": plat["memory_bytes"], "metal": True}
+
+
+def main():
+    module = AnsibleModule(argument_spec={"pynvml_path": {"type": "str", "default": ""},
+                                          "sysfs_root": {"type": "str", "default": "/sys"}},
+                           supports_check_mode=True)
+    plat = platform_facts(module.params["sysfs_root"])
+    if plat["system"] == "Linux":
+        nvidia, gpus = host.nvidia_facts(module.params["pynvml_path"],
+                                         module.params["sysfs_root"])
+    else:
+        nvidia, gpus = host.empty_nvidia([]), []
+    facts = {"schema": 1, "platform": plat, "nvidia": nvidia, "gpus": gpus,
+             "apple": apple_facts(plat)}
+    module.exit_json(changed=False, vllama_facts=facts, ansible_facts={"vllama_facts": facts})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,269 @@
+#!/usr/bin/python
+"""Check a staged model file: its full sha256, and for GGUF files the header.
+
+A file corrupted anywhere (not only in its header) fails the hash; a GGUF whose header is not
+what llama.cpp can serve (bad magic, unknown version, no architecture, no chat template) is
+refused with the reason, before any release points at it.
+"""
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: vllama_model_check
+short_description: Verify a staged model file (sha256, GGUF header)
+description:
+  - Check a staged model file, its full sha256, and for GGUF files the header.
+options:
+  path:
+    description: File to check.
+    type: path
+    required: true
+  sha256:
+    description: Expected sha256 (hex); empty to only compute it.
+    type: str
+    default: ""
+  gguf:
+    description: Also parse and check the GGUF header.
+    type: bool
+    default: false
+  require_chat_template:
+    description: Refuse a GGUF without tokenizer.chat_template.
+    type: bool
+    default: true
+  remove_on_failure:
+    description: Delete the file (or folder) when it is refused (for copies under a temporary name).
+    type: bool
+    default: false
+  files:
+    description:
+      - For a model folder, every file it must hold (C(path) relative to the folder, C(sha256),
+        C(size)); each is checked. Empty for a single file.
+    type: list
+    elements: dict
+    default: []
+  into:
+    description:
+      - Once checked, move the file or folder here (its final place in the store). A folder
+        moved onto an existing folder (a ZFS dataset's mount point) is moved in file by file.
+    type: path
+    default: ""
+author: vllama-provision maintainers (@vllama-provision)
+"""
+
+EXAMPLES = r"""
+- name: Check the staged model.
+  vllama.provision.vllama_model_check:
+    path: /tank/ai/models/x/abc/model.gguf
+    sha256: abc...
+    gguf: true
+"""
+
+RETURN = r"""
+sha256:
+  description: The file's sha256.
+  returned: always
+  type: str
+gguf:
+  description: GGUF header facts (version, architecture, context_length, chat_template).
+  returned: when gguf is true
+  type: dict
+"""
+
+import hashlib
+import os
+import shutil
+import struct
+
+from ansible.module_utils.basic import AnsibleModule
+
+GGUF_MAGIC = b"GGUF"
+# GGUF value types: size in bytes for fixed-size scalars.
+_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q",
+            11: "<q", 12: "<d"}
+_STRING = 8
+_ARRAY = 9
+
+
+class GGUFError(ValueError):
+    pass
+
+
+def _read(handle, fmt):
+    size = struct.calcsize(fmt)
+    data = handle.read(size)
+    if len(data) != size:
+        raise GGUFError("the file ends inside its header")
+    return struct.unpack(fmt, data)[0]
+
+
+def _string(handle):
+    length = _read(handle, "<Q")
+    if length > 1 << 26:
+        raise GGUFError("a header string is implausibly long")
+    data = handle.read(length)
+    if len(data) != length:
+        raise GGUFError("the file ends inside its header")
+    return data.decode("utf-8", errors="replace")
+
+
+def _value(handle, kind, keep):
+    if kind in _SCALARS:
+        return _read(handle, _SCALARS[kind])
+    if kind == _STRING:
+        return _string(handle)
+    if kind == _ARRAY:
+        item_kind = _read(handle, "<I")
+        count = _read(handle, "<Q")
+        items = [_value(handle, item_kind, False) for _index in range(count)]
+        return items if keep else None
+    raise GGUFError(f"unknown GGUF value type {kind}")
+
+
+def read_gguf_header(path):
+    """Parse the GGUF header's key/value section (tensor data is not read here)."""
+    with open(path, "rb") as handle:
+        if handle.read(4) != GGUF_MAGIC:
+            raise GGUFError("not a GGUF file (bad magic)")
+        version = _read(handle, "<I")
+        if version not in (2, 3):
+            raise GGUFError(f"unsupported GGUF version {version}")
+        tensors = _read(handle, "<Q")
+        count = _read(handle, "<Q")
+        if count > 1 << 20:
+            raise GGUFError("implausible number of header entries")
+        meta = {}
+        for _index in range(count):
+            key = _string(handle)
+            kind = _read(handle, "<I")
+            meta[key] = _value(handle, kind, keep=False)
+    arch = meta.get("general.architecture")
+    if not arch:
+        raise GGUFError("the header names no general.architecture")
+    return {"version": version, "tensor_count": tensors, "architecture": arch,
+            "context_length": meta.get(f"{arch}.context_length"),
+            "name": meta.get("general.name"),
+            "chat_template": bool(meta.get("tokenizer.chat_template"))}
+
+
+def sha256_of(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt")
+
+
+def check_hf_folder(refuse, path):
+    """A Hugging Face model folder: config.json plus at least one weight file."""
+    names = sorted(os.listdir(path))
+    if "config.json" not in names:
+        refuse(f"{path}: refused: a model folder needs config.json (a Hugging Face model "
+               "folder); it has " + (", ".join(names[:8]) or "nothing"))
+    weights = [n for n in names if n.endswith(WEIGHT_SUFFIXES)]
+    if not weights:
+        refuse(f"{path}: refused: the model folder has no weights (*.safetensors or *.bin)")
+    size = sum(os.path.getsize(os.path.join(path, n)) for n in names
+               if os.path.isfile(os.path.join(path, n)))
+    return {"changed": False, "path": path, "size": size, "sha256": "", "folder": True,
+            "weights": weights}
+
+
+def check_listed_files(path, files):
+    """'' when the folder holds every listed file with its size and sha256, else what is wrong."""
+    for entry in files:
+        rel = str(entry.get("path") or "")
+        if not rel or rel.startswith("/") or ".." in rel.split("/"):
+            return f"the file list names an unsafe path {rel!r}"
+        target = os.path.join(path, rel)
+        if not os.path.isfile(target):
+            return f"{rel} is missing"
+        size = os.path.getsize(target)
+        if size != int(entry.get("size", -1)):
+            return f"{rel} has {size} bytes, expected {entry.get('size')}"
+        digest = sha256_of(target)
+        if digest != str(entry.get("sha256", "")).lower():
+            return f"{rel}: sha256 is {digest}, expected {entry.get('sha256')}"
+    return ""
+
+
+def move_into(path, into):
+    """Rename the checked file or folder to its final place; a folder whose final place already
+    exists (the mount point of a ZFS dataset) is moved in file by file, then removed."""
+    if not os.path.lexists(into) or not os.path.isdir(path):
+        os.replace(path, into)
+        return
+    for folder, _dirs, names in os.walk(path):
+        dest = os.path.join(into, os.path.relpath(folder, path))
+        os.makedirs(dest, exist_ok=True)
+        for name in names:
+            os.replace(os.path.join(folder, name), os.path.join(dest, name))
+    shutil.rmtree(path)
+
+
+def main():
+    module = AnsibleModule(argument_spec={
+        "path": {"type": "path", "required": True},
+        "sha256": {"type": "str", "default": ""},
+        "gguf": {"type": "bool", "default": False},
+        "require_chat_template": {"type": "bool", "default": True},
+        "remove_on_failure": {"type": "bool", "default": False},
+        "files": {"type": "list", "elements": "dict", "default": []},
+        "into": {"type": "path", "default": ""},
+    }, supports_check_mode=True)
+    path = module.params["path"]
+    into = module.params["into"]
+
+    def refuse(msg, **extra):
+        if module.params["remove_on_failure"] and not module.check_mode:
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path)
+            else:
+                os.unlink(path)
+            msg += "; the copy was removed"
+        module.fail_json(msg=msg, **extra)
+
+    def done(result):
+        if into and not module.check_mode:
+            move_into(path, into)
+            result.update(changed=True, path=into)
+        module.exit_json(**result)
+
+    if module.params["files"]:
+        if not os.path.isdir(path):
+            module.fail_json(msg=f"model folder {path} does not exist on the host")
+        problem = check_listed_files(path, module.params["files"])
+        if problem:
+            refuse(f"{path}: refused: {problem} (the copy is corrupted or not the model the "
+                   "controller listed)")
+        result = check_hf_folder(refuse, path)
+        result["files"] = len(module.params["files"])
+        done(result)
+
+    if os.path.isdir(path) and not module.params["gguf"]:
+        # A Hugging Face folder (vLLM): its files are checked when they are downloaded; here
+        # only that it is one (config.json and weights), so a wrong path fails before a start.
+        module.exit_json(**check_hf_folder(refuse, path))
+    if not os.path.isfile(path):
+        module.fail_json(msg=f"model file {path} does not exist on the host")
+    result = {"changed": False, "path": path, "size": os.path.getsize(path)}
+    if module.params["gguf"]:
+        try:
+            result["gguf"] = read_gguf_header(path)
+        except (GGUFError, OSError, struct.error) as exc:
+            refuse(f"{path}: refused: {exc}", **result)
+        if module.params["require_chat_template"] and not result["gguf"]["chat_template"]:
+            refuse(f"{path}: refused: the GGUF has no chat template "
+                   "(tokenizer.chat_template); chat completions need one", **result)
+    result["sha256"] = sha256_of(path)
+    expected = module.params["sha256"].lower()
+    if expected and result["sha256"] != expected:
+        refuse(f"{path}: refused: sha256 is {result['sha256']}, expected {expected} "
+               "(the file is corrupted or not the pinned model)", **result)
+    done(result)
+
+
+if __name__ == "__main__":
+    main()
