@@ -84,7 +84,12 @@ class Interrupted(Exception):
     pass
 
 
+RUNNING: list[subprocess.Popen[str]] = []  # the CLI run in progress, stopped on interruption
+
+
 def _interrupt(signum: int, _frame: Any) -> None:
+    for proc in RUNNING:
+        proc.terminate()
     raise Interrupted(f"signal {signum}")
 
 
@@ -95,18 +100,26 @@ def run_cli(*args: str, strategy: str) -> tuple[subprocess.CompletedProcess[str]
     start = time.monotonic()
     proc = subprocess.Popen([sys.executable, "-m", "vllama_provision.cli", *args], cwd=ROOT,
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    out, err = proc.communicate()
+    RUNNING.append(proc)
+    try:
+        out, err = proc.communicate()
+    finally:
+        RUNNING.remove(proc)
     seconds = time.monotonic() - start
     return (subprocess.CompletedProcess(proc.args, proc.returncode, out, err), seconds,
             proc.pid)
 
 
-def run_tasks(pid: int, command: str) -> dict[str, tuple[int, int]]:
+def run_tasks(pid: int, command: str) -> dict[str, tuple[int, int]] | None:
     """(tasks run, tasks skipped) per host in the CLI run of process ``pid``, from its
-    ansible-runner events (runner_on_ok/failed/unreachable, runner_on_skipped)."""
+    ansible-runner events (runner_on_ok/failed/unreachable, runner_on_skipped); None when the
+    command started no Ansible run (verify from the controller alone)."""
     ran: Counter[str] = Counter()
     skipped: Counter[str] = Counter()
-    for run in (paths.state_dir() / "runs").glob(f"*-{pid}-{command.replace(' ', '-')}"):
+    runs = list((paths.state_dir() / "runs").glob(f"*-{pid}-{command.replace(' ', '-')}"))
+    if not runs:
+        return None
+    for run in runs:
         for event in run.glob("artifacts/*/job_events/*.json"):
             try:
                 data = json.loads(event.read_text())
@@ -156,9 +169,13 @@ def measure(kind: str, scope: str, strategy: Strategy, inventory: Path, hosts: l
     if proc.returncode:
         sample.failures.append(f"rc {proc.returncode}: {proc.stderr[-3000:]}")
     if strategy.name == "mitogen" and "strategy: mitogen_linear" not in proc.stderr:
+        # (the CLI prints it when it parses --strategy, whether or not a play then runs)
         sample.failures.append("the CLI did not say it runs mitogen_linear")
     tasks = run_tasks(pid, kind)
-    sample.tasks += [tasks[h] for h in limit.split(",") if h in tasks]
+    if tasks is None:
+        sample.tasks += [(0, 0) for _ in limit.split(",")]
+    else:
+        sample.tasks += [tasks[h] for h in limit.split(",") if h in tasks]
     if report.is_file():
         data = json.loads(report.read_text())
         sample.changed += sum(int(h.get("changed") or 0) for h in data["hosts"].values())
