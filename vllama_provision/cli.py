@@ -23,10 +23,12 @@ from vllama_provision.cli_common import (
     inventory_argument,
     json_option,
     limit_option,
+    strategy_option,
     verbose_option,
 )
 from vllama_provision.errors import EXIT_BAD_INPUT, InventoryError, UsageError, VllamaError
 from vllama_provision.report import Report
+from vllama_provision.strategy import Strategy
 
 
 class _Commands(HelpGroup):
@@ -209,10 +211,11 @@ def _validate_rendered(files: list[Any], instances: list[Any]) -> list[str]:
               help="Hash every stored model in full (otherwise only models whose size, mtime "
                    "or inode changed since their check are hashed again).")
 @bundle_options
+@strategy_option
 def apply(inventory: Path, limit: str | None, json_out: str | None, check: bool, diff: bool,
           verbose: int, break_lock: bool, batch: str | None, max_fail: int,
           allow_downgrade: bool, verify_store: bool, bundle: Path | None,
-          bundle_key: Path | None) -> None:
+          bundle_key: Path | None, strategy: Strategy) -> None:
     """Provision every host: engine, model, service, verified endpoint.
 
     Every change goes through a release: a host whose new release fails verification is
@@ -230,10 +233,11 @@ def apply(inventory: Path, limit: str | None, json_out: str | None, check: bool,
 
         names, _hosts = target_hosts(inventory, limit)
         finish(rollout_cmd("apply", inventory, names, batch=batch, max_fail=max_fail,
-                           extravars=extravars, verbose=verbose, break_lock=break_lock),
+                           extravars=extravars, verbose=verbose, break_lock=break_lock,
+                           strategy=strategy),
                json_out)
     apply_like("apply", inventory, limit, check=check, diff=diff, verbose=verbose,
-                json_out=json_out, break_lock=break_lock, extravars=extravars)
+                json_out=json_out, break_lock=break_lock, extravars=extravars, strategy=strategy)
 
 
 @cli.command()
@@ -241,7 +245,9 @@ def apply(inventory: Path, limit: str | None, json_out: str | None, check: bool,
 @limit_option
 @json_option
 @verbose_option
-def verify(inventory: Path, limit: str | None, json_out: str | None, verbose: int) -> None:
+@strategy_option
+def verify(inventory: Path, limit: str | None, json_out: str | None, verbose: int,
+           strategy: Strategy) -> None:
     """Verify every endpoint for real, from here, all at once; on the host where needed.
 
     An instance this machine reaches is verified from here (readiness, /v1/models, a 401
@@ -250,6 +256,8 @@ def verify(inventory: Path, limit: str | None, json_out: str | None, verbose: in
     there too), or when its platform is known only from facts not cached with `facts --save`.
     The report's `verified_from` says which ran. Changes nothing.
     """
+    # The host-side runs take --strategy as the process default (strategy.chosen()).
+    del strategy
     from vllama_provision.verify import verify_fleet
 
     click.echo(f"verify: {inventory}", err=True)
@@ -264,7 +272,9 @@ def verify(inventory: Path, limit: str | None, json_out: str | None, verbose: in
 @limit_option
 @json_option
 @click.option("--save", is_flag=True, help="Cache the facts for `plan` and `render`.")
-def facts(inventory: Path, limit: str | None, json_out: str | None, save: bool) -> None:
+@strategy_option
+def facts(inventory: Path, limit: str | None, json_out: str | None, save: bool,
+          strategy: Strategy) -> None:
     """Gather each host's platform and GPU facts (read-only)."""
     from vllama_provision import facts as fact_cache
     from vllama_provision import gpu
@@ -273,7 +283,7 @@ def facts(inventory: Path, limit: str | None, json_out: str | None, save: bool) 
 
     load_inventory(inventory, limit, validate=False)
     result = run_playbook(RunRequest(playbook="facts.yml", inventory=inventory,
-                                     command="facts", limit=limit),
+                                     command="facts", limit=limit, strategy=strategy),
                           progress=Progress(enabled=False))
     for host, data in sorted(result.facts.items()):
         problems = gpu.validate_host_facts(data)
@@ -323,7 +333,9 @@ def key_show(host: str, instance: str) -> None:
 @click.argument("host")
 @click.argument("instance")
 @json_option
-def key_rotate(inventory: Path, host: str, instance: str, json_out: str | None) -> None:
+@strategy_option
+def key_rotate(inventory: Path, host: str, instance: str, json_out: str | None,
+               strategy: Strategy) -> None:
     """Give HOST's INSTANCE a new random key, restart it and verify it with the new key."""
     from vllama_provision.inventory import load_inventory
 
@@ -332,7 +344,8 @@ def key_rotate(inventory: Path, host: str, instance: str, json_out: str | None) 
     if instance not in names:
         raise UsageError(f"{host} has no instance {instance!r}; it has: {', '.join(names)}")
     apply_like("key rotate", inventory, host, check=False, diff=False, verbose=0,
-                json_out=json_out, extravars={"vllama_rotate_keys": [instance]})
+                json_out=json_out, extravars={"vllama_rotate_keys": [instance]},
+                strategy=strategy)
 
 
 # ---------------------------------------------------------------------------- wheelhouse ---

@@ -50,6 +50,29 @@ def break_lock_option(func: F) -> F:
                              "controller's, or one this tool cannot check).")(func)
 
 
+def _choose_strategy(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
+    from vllama_provision.strategy import choose, set_chosen
+
+    chosen = choose(value)  # a forced Mitogen that cannot run: UsageError, exit 2
+    set_chosen(chosen)  # every run this command starts, also those it does not name
+    if chosen.warning:
+        click.echo(click.style(f"warning: {chosen.warning}", fg="yellow"), err=True)
+    if chosen.name != "linear" or (value or "linear") != "linear":
+        click.echo(f"strategy: {chosen.ansible_name} ({chosen.why})", err=True)
+    return chosen
+
+
+def strategy_option(func: F) -> F:
+    """--strategy auto|linear|mitogen (default: $VLLAMA_STRATEGY, else linear), resolved once
+    into a vllama_provision.strategy.Strategy before anything runs."""
+    return click.option("--strategy", "strategy", type=click.Choice(["auto", "linear", "mitogen"]),
+                        envvar="VLLAMA_STRATEGY", default="linear", show_default=True,
+                        show_envvar=True, callback=_choose_strategy,
+                        help="Ansible strategy: the stock linear, Mitogen's (faster; needs the "
+                             "`mitogen` extra), or auto (Mitogen when a tested release is "
+                             "installed). A failed run is never retried under the other.")(func)
+
+
 def change_options(func: F) -> F:
     """--check, --diff, --break-lock and -v: the options of every command that changes hosts."""
     func = break_lock_option(func)
@@ -129,7 +152,7 @@ def finish(report: Report, json_out: str | None, table: bool = True) -> None:
 def apply_like(command: str, inventory: Path, limit: str | None, *, check: bool, diff: bool,
                verbose: int, json_out: str | None, tags: list[str] | None = None,
                playbook: str = "site.yml", exit: bool = True, break_lock: bool = False,
-               extravars: dict[str, Any] | None = None) -> Report:
+               extravars: dict[str, Any] | None = None, strategy: Any = None) -> Report:
     """Validate the inventory, run one play over the hosts, verify from here, report."""
     from vllama_provision.inventory import load_inventory
     from vllama_provision.runner import Progress, RunRequest, run_playbook
@@ -145,6 +168,8 @@ def apply_like(command: str, inventory: Path, limit: str | None, *, check: bool,
     request = RunRequest(playbook=playbook, inventory=inventory, command=command, limit=limit,
                          check=check, diff=diff, verbosity=verbose, tags=tags or [],
                          break_lock=break_lock, extravars=extravars)
+    if strategy is not None:
+        request.strategy = strategy
     mode = " (check mode: nothing is changed)" if check else ""
     click.echo(f"{command}: {inventory}{mode}", err=True)
     result = run_playbook(request, progress=Progress(), on_event=diff_printer(diff))

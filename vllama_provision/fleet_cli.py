@@ -23,10 +23,12 @@ from vllama_provision.cli_common import (
     inventory_argument,
     json_option,
     limit_option,
+    strategy_option,
     verbose_option,
 )
 from vllama_provision.errors import UsageError
 from vllama_provision.report import Report
+from vllama_provision.strategy import LINEAR, Strategy
 
 ENGINES = ("llamacpp", "vllm")
 
@@ -54,7 +56,7 @@ def target_hosts(inventory: Path, limit: str | None,
 def rollout_cmd(command: str, inventory: Path, hosts: list[str], *, batch: str | None,
                 max_fail: int, extravars: dict[str, Any], prepare: bool = True,
                 prepare_only: bool = False, require_artifacts: bool = False, verbose: int = 0,
-                break_lock: bool = False) -> Report:
+                break_lock: bool = False, strategy: Strategy = LINEAR) -> Report:
     from vllama_provision.releases import parse_batch
     from vllama_provision.rollout import Rollout, run_rollout
 
@@ -66,7 +68,8 @@ def rollout_cmd(command: str, inventory: Path, hosts: list[str], *, batch: str |
     result = run_rollout(Rollout(
         command=command, inventory=inventory, hosts=hosts, batch=batch, max_fail=max_fail,
         extravars=extravars, prepare=prepare, prepare_only=prepare_only,
-        require_artifacts=require_artifacts, verbose=verbose, break_lock=break_lock))
+        require_artifacts=require_artifacts, verbose=verbose, break_lock=break_lock,
+        strategy=strategy))
     controller_checks(result.report, {h: p for h, p in result.plans.items()
                                        if h in result.switched})
     return result.report
@@ -90,10 +93,11 @@ def rollout_cmd(command: str, inventory: Path, hosts: list[str], *, batch: str |
 @json_option
 @verbose_option
 @bundle_options
+@strategy_option
 def upgrade(inventory: Path, engine: str, version: str, limit: str | None, batch: str | None,
             max_fail: int, prepare_only: bool, allow_downgrade: bool, write_inventory: bool,
             check: bool, break_lock: bool, json_out: str | None, verbose: int,
-            bundle: Path | None, bundle_key: Path | None) -> None:
+            bundle: Path | None, bundle_key: Path | None, strategy: Strategy) -> None:
     """Roll out engine VERSION to every instance of ENGINE, batch by batch.
 
     A fleet-wide preflight runs first (every host valid, every engine wheel available); then
@@ -110,11 +114,13 @@ def upgrade(inventory: Path, engine: str, version: str, limit: str | None, batch
     extravars.update(bundle_extravars(bundle, bundle_key, inventory, limit))
     if check:
         report = apply_like("upgrade", inventory, ",".join(names), check=True, diff=False,
-                             verbose=verbose, json_out=None, extravars=extravars, exit=False)
+                             verbose=verbose, json_out=None, extravars=extravars, exit=False,
+                             strategy=strategy)
         finish(report, json_out)
     report = rollout_cmd("upgrade", inventory, names, batch=batch, max_fail=max_fail,
                          extravars=extravars, prepare_only=prepare_only,
-                         require_artifacts=True, verbose=verbose, break_lock=break_lock)
+                         require_artifacts=True, verbose=verbose, break_lock=break_lock,
+                         strategy=strategy)
     done = report.exit_code == 0 and not prepare_only
     if done:
         _inventory_edit(inventory, hosts, engine, version, report, write=write_inventory)
@@ -158,8 +164,10 @@ def _inventory_edit(inventory: Path, hosts: list[Any], engine: str, version: str
 @break_lock_option
 @json_option
 @verbose_option
+@strategy_option
 def rollback(inventory: Path, limit: str | None, to: str | None, batch: str | None,
-             max_fail: int, break_lock: bool, json_out: str | None, verbose: int) -> None:
+             max_fail: int, break_lock: bool, json_out: str | None, verbose: int,
+             strategy: Strategy) -> None:
     """Switch every instance back to its previous release (or to --to RELEASE).
 
     The same transaction as apply: switch, restart, verify. A rollback that fails verification
@@ -169,7 +177,7 @@ def rollback(inventory: Path, limit: str | None, to: str | None, batch: str | No
     names, _hosts = target_hosts(inventory, limit)
     report = rollout_cmd("rollback", inventory, names, batch=batch, max_fail=max_fail,
                          extravars={"vllama_rollback": {"to": to or ""}}, prepare=False,
-                         verbose=verbose, break_lock=break_lock)
+                         verbose=verbose, break_lock=break_lock, strategy=strategy)
     finish(report, json_out)
 
 
@@ -177,14 +185,15 @@ def rollback(inventory: Path, limit: str | None, to: str | None, batch: str | No
 @inventory_argument
 @limit_option
 @json_option
-def status(inventory: Path, limit: str | None, json_out: str | None) -> None:
+@strategy_option
+def status(inventory: Path, limit: str | None, json_out: str | None, strategy: Strategy) -> None:
     """What each host runs now: releases, engine, service, endpoint health, lock (read-only)."""
     from vllama_provision.planner import plan_host
     from vllama_provision.status import gather, render
 
     names, hosts = target_hosts(inventory, limit)
     endpoints = {h.name: {i.name: i.endpoint for i in plan_host(h).instances} for h in hosts}
-    report = gather(inventory, names, endpoints)
+    report = gather(inventory, names, endpoints, strategy=strategy)
     if json_out:
         report.write_json(json_out)
     if json_out != "-":

@@ -26,6 +26,7 @@ import click
 from vllama_provision.releases import batches
 from vllama_provision.report import BAD_STATUSES, HostReport, Report
 from vllama_provision.runner import Progress, RunRequest, RunResult, run_playbook, show_running
+from vllama_provision.strategy import LINEAR, Strategy
 
 EventHook = Callable[[dict[str, Any]], None]
 
@@ -44,6 +45,9 @@ class Rollout:
     verbose: int = 0
     break_lock: bool = False
     on_event: EventHook | None = None
+    # One strategy for every phase of the rollout, chosen before it starts (never switched
+    # after a failure).
+    strategy: Strategy = LINEAR
 
 
 @dataclass
@@ -60,7 +64,7 @@ def _run(rollout: Rollout, phase: str, hosts: list[str], progress: Progress,
     request = RunRequest(
         playbook="site.yml", inventory=rollout.inventory, command=rollout.command,
         limit=",".join(hosts), verbosity=rollout.verbose, tags=tags or [],
-        break_lock=rollout.break_lock,
+        break_lock=rollout.break_lock, strategy=rollout.strategy,
         extravars={**rollout.extravars, "vllama_phase": phase, **(extra or {})})
     return run_playbook(request, progress=progress, on_event=rollout.on_event)
 

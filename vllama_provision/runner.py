@@ -22,6 +22,7 @@ import click
 from vllama_provision import paths
 from vllama_provision.errors import RunError
 from vllama_provision.report import HostReport, Report
+from vllama_provision.strategy import LINEAR, Strategy, chosen
 
 # Actions whose results carry the tool's own data.
 _PLAN_ACTION = "vllama_plan"
@@ -46,6 +47,9 @@ class RunRequest:
     extravars: dict[str, Any] = field(default_factory=dict)
     break_lock: bool = False
     forks: int = 10
+    # Chosen once by the CLI (vllama_provision.strategy); a run that fails is never retried
+    # under the other strategy.
+    strategy: Strategy = field(default_factory=chosen)
 
 
 @dataclass
@@ -312,10 +316,12 @@ def _prune_runs(root: Path, keep: int) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def ansible_env() -> dict[str, str]:
-    """Environment for every Ansible process the tool starts."""
+def ansible_env(strategy: Strategy = LINEAR) -> dict[str, str]:
+    """Environment for every Ansible process the tool starts (with ``strategy``'s variables:
+    ANSIBLE_STRATEGY, and for Mitogen its plugin folder)."""
     bindir = str(Path(sys.executable).parent)
     return {
+        **strategy.env(),
         "ANSIBLE_CONFIG": str(paths.ansible_cfg()),
         # The roles and plugins are the collection vllama.provision (called by their FQCNs).
         "ANSIBLE_COLLECTIONS_PATH": str(paths.collections_dir()),
@@ -373,7 +379,7 @@ def run_playbook(request: RunRequest, *, progress: Progress | None = None,
             private_data_dir=str(run_dir), playbook=str(playbook),
             inventory=str(request.inventory.resolve()), limit=request.limit,
             cmdline=" ".join(cmdline) or None, extravars=extravars,
-            envvars=ansible_env(), event_handler=event_with_echo,
+            envvars=ansible_env(request.strategy), event_handler=event_with_echo,
             status_handler=status_handler, quiet=True, verbosity=request.verbosity or None,
             forks=request.forks, project_dir=str(paths.playbooks_dir()),
             suppress_env_files=True)

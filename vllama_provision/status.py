@@ -15,10 +15,12 @@ from typing import Any
 from vllama_provision import gpu_health
 from vllama_provision.report import Report
 from vllama_provision.runner import Progress, RunRequest, run_playbook
+from vllama_provision.strategy import LINEAR, Strategy
 
 
 def gather(inventory: Path, hosts: list[str],
-           endpoints: dict[str, dict[str, str]] | None = None) -> Report:
+           endpoints: dict[str, dict[str, str]] | None = None,
+           strategy: Strategy = LINEAR) -> Report:
     """Ask each host (read-only) and return the status in the shared report shape.
 
     ``endpoints``: HOST -> INSTANCE -> the endpoint URL the inventory gives it (the hosts
@@ -41,7 +43,8 @@ def gather(inventory: Path, hosts: list[str],
                 health[data["host"]] = found
 
     result = run_playbook(RunRequest(playbook="status.yml", inventory=inventory,
-                                     command="status", limit=",".join(hosts)),
+                                     command="status", limit=",".join(hosts),
+                                     strategy=strategy),
                           progress=Progress(enabled=False), on_event=on_event)
     return shape(hosts, releases, health, result.report, endpoints)
 

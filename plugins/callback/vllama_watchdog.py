@@ -2,9 +2,12 @@
 
 ansible-runner starts ansible-playbook in a session of its own, so a CLI killed with SIGKILL
 would otherwise leave the playbook running on, changing hosts nobody watches. The CLI exports
-its pid as VLLAMA_CLI_PID; this callback checks it every second and, once it is gone, kills the
-playbook's process group. What a killed run leaves behind (a stale host lock, a partial model
-under its temporary name) is handled by the next run.
+its pid as VLLAMA_CLI_PID; this callback checks it every second and, once it is gone, kills
+every process below the playbook, then the playbook's process group. Not the group alone:
+ansible-core 2.19's workers call setsid(), and so do Mitogen's SSH clients (its multiplexer,
+forked from the playbook, stays in the group), so a group kill left a worker and its SSH
+connection running its task to the end. What a killed run leaves behind (a stale host lock, a
+partial model under its temporary name) is handled by the next run.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from ansible.plugins.callback import CallbackBase
 from ansible_collections.vllama.provision.plugins.plugin_utils.vllama_package import require_package
 
 try:  # the vllama-provision package, in exactly this collection's version (checked at use)
-    from vllama_provision.procs import process_alive
+    from vllama_provision.procs import kill_tree, process_alive
 except ImportError as exc:
     VLLAMA_IMPORT_ERROR = exc
 else:
@@ -52,4 +55,5 @@ class CallbackModule(CallbackBase):
     def _watch(pid: int) -> None:
         while process_alive(pid):
             time.sleep(1)
+        kill_tree(os.getpid())
         os.killpg(os.getpgrp(), signal.SIGKILL)

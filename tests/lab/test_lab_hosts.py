@@ -1,18 +1,26 @@
-"""Real lab hosts: boot, Ansible as root and with become, systemd, reboot, pause, teardown."""
+"""Real lab hosts: boot, Ansible as root and with become, systemd, reboot, pause, teardown;
+the tool's plays under Mitogen, and the watchdog stopping a Mitogen run whose CLI was killed."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 import yaml
-from labtools import ansible, explain, leftovers, playbook
+from labtools import ANSIBLE_ENV, BIN, ansible, explain, leftovers, playbook
 
 from vllama_provision.lab import host as lab_host
 from vllama_provision.lab.handle import Lab, LabHost
+from vllama_provision.runner import ansible_env
+from vllama_provision.strategy import choose
+
+ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.lab
 
@@ -69,6 +77,144 @@ def test_ansible_ping_as_sudo_user_with_become(trio: Lab, tmp_path: Path) -> Non
     assert proc.stdout.count("ok=4") == 3, explain(proc)
 
 
+def _mitogen_env() -> dict[str, str]:
+    """What the CLI gives ansible-playbook with --strategy mitogen (deprecation warnings on, so
+    that the one the tool hides would show)."""
+    env = {**os.environ, **ANSIBLE_ENV, **ansible_env(choose("mitogen"))}
+    env.pop("ANSIBLE_DEPRECATION_WARNINGS")
+    env.pop("VLLAMA_CLI_PID")
+    return env
+
+
+def test_plays_run_under_mitogen_with_become_through_a_sudo_user(trio: Lab,
+                                                                  tmp_path: Path) -> None:
+    play = tmp_path / "mitogen.yml"
+    play.write_text(yaml.safe_dump([{
+        "hosts": "all", "gather_facts": False,
+        "vars": {"ansible_user": "{{ vllama_lab_become_user }}"},
+        "tasks": [
+            # Under Mitogen a task runs inside its persistent interpreter on the host, named
+            # "python3(mitogen:USER@CONTROLLER:PID)"; stock Ansible starts a fresh python3.
+            {"name": "Name the process the task runs in.", "ansible.builtin.shell":
+                "tr '\\0' ' ' < /proc/$PPID/cmdline", "register": "parent",
+             "changed_when": False},
+            {"name": "Who am I with become.", "ansible.builtin.command": "id -un",
+             "register": "sudo", "become": True, "changed_when": False},
+            {"name": "Check.", "ansible.builtin.assert": {"that": [
+                "'(mitogen:' in parent.stdout", "sudo.stdout == 'root'"]}},
+        ]}]))
+    proc = subprocess.run([str(BIN / "ansible-playbook"), "-i", str(trio.inventory_path),
+                           str(play)], capture_output=True, text=True, timeout=300,
+                          env=_mitogen_env(), check=False)
+    assert proc.returncode == 0, explain(proc)
+    assert proc.stdout.count("ok=3") == 3, explain(proc)
+    assert "DEPRECATION" not in proc.stdout + proc.stderr, explain(proc)
+
+    # The tool's own facts play (become: true), one host through a sudo login.
+    data = yaml.safe_load(trio.inventory_path.read_text())
+    first = trio.hosts[0].name
+    data["all"]["hosts"][first].update({"ansible_user": "alice", "ansible_become": True})
+    inventory = tmp_path / "inventory.yml"
+    inventory.write_text(yaml.safe_dump(data))
+    report = tmp_path / "facts.json"
+    cli = subprocess.run([sys.executable, "-m", "vllama_provision.cli", "facts", str(inventory),
+                          "--strategy", "mitogen", "--json", str(report)],
+                         capture_output=True, text=True, timeout=300, cwd=ROOT, check=False,
+                         env={**os.environ, "NO_COLOR": "1"})
+    assert cli.returncode == 0, explain(cli)
+    assert cli.stderr.startswith("strategy: mitogen_linear (--strategy mitogen; Mitogen "), \
+        cli.stderr
+    hosts = json.loads(report.read_text())["hosts"]
+    assert {h: e["status"] for h, e in hosts.items()} == {h.name: "ok" for h in trio.hosts}
+    for h in trio.hosts:
+        assert f"{h.name}: Debian 12" in cli.stdout, cli.stdout
+
+
+def _descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+@pytest.mark.parametrize("strategy", ["linear", "mitogen"])
+def test_the_watchdog_stops_a_run_whose_cli_was_killed(trio: Lab, tmp_path: Path,
+                                                       strategy: str) -> None:
+    """The CLI's pid is watched by the vllama_watchdog callback, which kills ansible-playbook's
+    process group: Mitogen's multiplexer is in it; its SSH clients (in sessions of their own)
+    end with the multiplexer, and the host's Mitogen interpreter ends with its connection."""
+    h = trio.hosts[0]
+    play = tmp_path / "sleep.yml"
+    play.write_text(yaml.safe_dump([{
+        "hosts": h.name, "gather_facts": False,
+        "tasks": [{"name": "Sleep.", "ansible.builtin.command": "sleep 246",
+                   "changed_when": False}]}]))
+    # A stand-in for the CLI: ansible-runner as run_playbook drives it, with the environment
+    # run_playbook gives it (VLLAMA_CLI_PID is this process).
+    driver = tmp_path / "cli.py"
+    (tmp_path / "run").mkdir()
+    driver.write_text(
+        "import ansible_runner\n"
+        "from vllama_provision.runner import ansible_env\n"
+        "from vllama_provision.strategy import choose\n"
+        f"ansible_runner.run(private_data_dir={str(tmp_path / 'run')!r}, playbook={str(play)!r},"
+        f" inventory={str(trio.inventory_path)!r}, envvars=ansible_env(choose({strategy!r})),"
+        " quiet=True, suppress_env_files=True)\n")
+    log = (tmp_path / "cli.log").open("w")
+    cli = subprocess.Popen([sys.executable, str(driver)], cwd=ROOT, env=os.environ,
+                           stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and cli.poll() is None:
+            if h.ssh("pgrep -fx 'sleep 246'", check=False).returncode == 0:
+                break
+            time.sleep(0.5)
+        assert cli.poll() is None, ("the run ended before its task started: "
+                                    + (tmp_path / "cli.log").read_text()[-3000:])
+        mitogen_on_host = h.ssh("pgrep -f '[(]mitogen:'", check=False).returncode == 0
+        assert mitogen_on_host == (strategy == "mitogen")
+        run = _descendants(cli.pid)
+        kinds = " | ".join(_cmdline(p) for p in run)
+        assert "ansible-playbook" in kinds and "ssh" in kinds, kinds
+        os.kill(cli.pid, signal.SIGKILL)  # the CLI alone, as `kill -9` would
+        cli.wait()
+        deadline = time.monotonic() + 15  # the watchdog checks every second
+        alive = run
+        while alive and time.monotonic() < deadline:
+            time.sleep(0.5)
+            # An SSH ControlPersist master ("[mux]") outlives any run by design.
+            alive = [p for p in run if _cmdline(p) and "[mux]" not in _cmdline(p)]
+        assert not alive, f"still running: {[_cmdline(p) for p in alive]}"
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if h.ssh("pgrep -f '[(]mitogen:'", check=False).returncode:
+                break
+            time.sleep(0.5)
+        else:
+            pytest.fail("Mitogen's interpreter kept running on the host: "
+                        + h.ssh("ps -eo pid,args", check=False).stdout)
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+        h.ssh("pkill -fx 'sleep 246'", check=False)
+
+
 def test_a_unit_runs_under_systemd(trio: Lab) -> None:
     h = trio.hosts[0]
     h.ssh("systemd-run --unit vllama-lab-probe sleep 300")
@@ -93,6 +239,20 @@ def test_reboot_and_come_back(trio: Lab) -> None:
     assert trio.status(h.name) == "running"
     console = lab_host.console_tail(trio.name, h.name, lines=400)
     assert "the host rebooted: starting it again" in console
+
+
+def test_reboot_under_mitogen(trio: Lab) -> None:
+    """The NVIDIA role reboots a host: Mitogen must reconnect after it."""
+    h = trio.hosts[2]
+    before = h.ssh("cat /proc/sys/kernel/random/boot_id").stdout.strip()
+    proc = subprocess.run([str(BIN / "ansible"), h.name, "-i", str(trio.inventory_path),
+                           "-m", "ansible.builtin.reboot", "-a", "reboot_timeout=120"],
+                          capture_output=True, text=True, timeout=300, env=_mitogen_env(),
+                          check=False)
+    assert proc.returncode == 0, explain(proc)
+    after = h.ssh("cat /proc/sys/kernel/random/boot_id").stdout.strip()
+    assert after and after != before
+    assert trio.status(h.name) == "running"
 
 
 def test_paused_host_is_unreachable_then_resumes(trio: Lab, tmp_path: Path) -> None:

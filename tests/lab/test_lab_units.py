@@ -96,6 +96,7 @@ def test_inventory_is_self_contained_per_host(tmp_path: Path, monkeypatch) -> No
                 "ControlMaster=auto", "ControlPersist=60s", "ControlPath="):
         assert opt in h1["ansible_ssh_common_args"]
     assert "ProxyCommand" not in h1["ansible_ssh_common_args"]
+    assert h1["ansible_host_key_checking"] is False  # Mitogen ignores StrictHostKeyChecking=no
     assert ("ProxyCommand=" + str(tmp_path / "labs/demo/hosts/demo-2/proxy")
             in h2["ansible_ssh_common_args"])
 

@@ -23,6 +23,10 @@ def host_vars(lab: str, host: HostState) -> dict[str, Any]:
         "ansible_ssh_private_key_file": str(ssh.key_path()),
         "ansible_ssh_common_args": args,
         "ansible_ssh_pipelining": True,
+        # Lab hosts get fresh host keys at every boot. Mitogen's SSH puts its own
+        # `StrictHostKeyChecking` (from this setting) before the arguments above, and ssh keeps
+        # the first value it reads: without this, every lab host is unreachable under Mitogen.
+        "ansible_host_key_checking": False,
         "ansible_python_interpreter": "/usr/bin/python3",
         "vllama_lab": lab,
     }
