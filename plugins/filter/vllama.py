@@ -272,10 +272,48 @@ def vllama_desired(plan, sources):
             "instances": instances}
 
 
+KEY_DIGEST_ROUNDS = 100_000
+
+
+def key_digest(key, salt):
+    """A salted, slow digest of an API key: what the host's key file is compared by, so neither
+    the key nor a fast hash of it ever travels in module arguments."""
+    return hashlib.pbkdf2_hmac("sha256", key.strip().encode("utf-8"), bytes.fromhex(salt),
+                               KEY_DIGEST_ROUNDS).hex()
+
+
+def vllama_key_digests(plan, keys_dir):
+    """Which key each instance's key file must hold, as salted digests (fresh salt per run).
+
+    The inventory's ``api_key_file`` when set, otherwise the controller's copy of the key
+    (``keys_dir``/NAME.key); an instance with neither is left out (its key is generated or
+    restored by the configure phase, which the missing controller copy already sends it to).
+    Runs on the controller; the result goes to ``vllama_state``'s no_log option ``key_digests``.
+    """
+    salt = os.urandom(16).hex()
+    digests = {}
+    for inst in plan["instances"]:
+        source = inst.get("api_key_file") or os.path.join(keys_dir, f"{inst['name']}.key")
+        try:
+            with open(source, encoding="utf-8") as handle:
+                key = handle.read()
+        except OSError as exc:
+            if inst.get("api_key_file"):
+                raise AnsibleFilterError(
+                    f"{inst['name']}: cannot read api_key_file {source}: {exc.strerror}") from None
+            continue
+        if key.strip():
+            digests[inst["name"]] = {"digest": key_digest(key, salt),
+                                     "source": "api_key_file" if inst.get("api_key_file")
+                                     else "the controller's copy"}
+    return {"salt": salt, "keys": digests}
+
+
 class FilterModule:
     def filters(self):
         return {"vllama_missing_wheels": vllama_missing_wheels,
                 "vllama_desired": vllama_desired,
+                "vllama_key_digests": vllama_key_digests,
                 "vllama_manifest": vllama_manifest,
                 "vllama_identity_record": vllama_identity_record,
                 "vllama_switches": vllama_switches,

@@ -36,6 +36,13 @@ options:
     description: The host's history file (an unfinished switch must be finished by a run).
     type: path
     required: true
+  key_digests:
+    description:
+      - The key each instance's key file must hold, as the C(vllama_key_digests) filter gives
+        it (C(salt), and per instance C(digest) and C(source)), a salted PBKDF2 digest, never
+        the key. Instances left out are not compared by content.
+    type: dict
+    default: {}
 author: vllama-provision maintainers (@vllama-provision)
 """
 
@@ -76,6 +83,7 @@ instances:
 """
 
 import hashlib
+import hmac
 import os
 import pwd
 import stat
@@ -89,6 +97,7 @@ from ansible_collections.vllama.provision.plugins.module_utils.vllama_releases i
 )
 
 PHASES = ("install", "configure", "run")
+KEY_DIGEST_ROUNDS = 100_000  # as the vllama_key_digests filter
 
 
 class Differences:
@@ -157,6 +166,20 @@ def check_key(diff, exposed, where, spec):
                               f"{owner}")
 
 
+def check_key_content(diff, where, path, salt, want):
+    """The key file holds the key the inventory (or the controller's copy) says."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            key = handle.read().strip()
+    except OSError:
+        return  # reported missing by check_key
+    got = hashlib.pbkdf2_hmac("sha256", key.encode("utf-8"), bytes.fromhex(salt),
+                              KEY_DIGEST_ROUNDS).hex()
+    if not hmac.compare_digest(got, want["digest"]):
+        diff.add("configure", f"{where}: the key file {path} holds another key than "
+                              f"{want.get('source', 'the desired one')}")
+
+
 def check_model(diff, where, model):
     """A stored model: present, and each of its files as its check recorded them (size, mtime,
     inode). Returns False when the model must be checked again."""
@@ -221,7 +244,7 @@ def _unit_properties(units):
     return found
 
 
-def compare(desired, history_path):
+def compare(desired, history_path, key_digests=None):
     diff = Differences()
     exposed = []
     user = desired.get("service_user")
@@ -252,6 +275,9 @@ def compare(desired, history_path):
             check_file(diff, name, spec)
         for spec in inst.get("keys") or []:
             check_key(diff, exposed, name, spec)
+        want_key = ((key_digests or {}).get("keys") or {}).get(name)
+        if want_key and inst.get("keys"):
+            check_key_content(diff, name, inst["keys"][0]["path"], key_digests["salt"], want_key)
         if not inst.get("controller_key"):
             diff.add("configure", f"{name}: the controller has no copy of the key")
         state = releases.get(name) or {}
@@ -285,9 +311,11 @@ def main():
     module = AnsibleModule(argument_spec={
         "desired": {"type": "dict", "required": True},
         "history": {"type": "path", "required": True},
+        "key_digests": {"type": "dict", "default": {}, "no_log": True},
     }, supports_check_mode=True)
     try:
-        result = compare(module.params["desired"], module.params["history"])
+        result = compare(module.params["desired"], module.params["history"],
+                         module.params["key_digests"])
     except (OSError, ValueError, KeyError, TypeError) as exc:
         module.fail_json(msg=f"cannot compare the host with its desired state: {exc}")
     module.exit_json(changed=False, **result)

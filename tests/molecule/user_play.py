@@ -131,27 +131,45 @@ def check(inventory: Path, tmp: Path, scenario_vars: Path) -> None:
     assert recap(second.stdout)[host]["changed"] == 0, second.stdout[-6000:]
 
     # A malformed instance: the role's preflight refuses it before any change, with the
-    # message the CLI (the same wheel) prints for the same host.
-    bad = {**settings, "vllama_instances": [{**settings["vllama_instances"][0], "port": "http"}]}
-    (play / "bad.json").write_text(json.dumps(bad))
-    refused = _run([*playbook, "-e", "@bad.json"], env=env, cwd=play)
-    assert refused.returncode != 0, _explain(refused)
-    assert recap(refused.stdout)[host] == {**recap(refused.stdout)[host], "changed": 0,
-                                           "failed": 1}, refused.stdout[-6000:]
+    # message the CLI (the same wheel) prints for the same host. Ansible's own argument-spec
+    # check runs first and types each variable (a port that is no integer stops there, named);
+    # what a type cannot say (a port out of range) the shared validator says, in the CLI's words.
+    wrong_type = _refuse(playbook, env, play, settings, {"port": "http"})
+    assert "argument 'port' is of type str found in 'vllama_instances'" in wrong_type, \
+        wrong_type[-6000:]
+    out_of_range = {"port": 70000}
+    refused = _refuse(playbook, env, play, settings, out_of_range)
     lab_inventory = yaml.safe_load(inventory.read_text())
     host_vars = _find_host(lab_inventory, host)
+    bad = _with_instance(settings, out_of_range)
     cli_inventory = play / "bad-inventory.yml"
     cli_inventory.write_text(yaml.safe_dump({"all": {"hosts": {host: {**host_vars, **bad}}}}))
     cli = _run([str(bindir / "vllama-provision"), "apply", str(cli_inventory)], env=env, cwd=play)
-    assert cli.returncode != 0 and "no host was contacted" in cli.stderr + cli.stdout, \
+    assert cli.returncode == 2 and "no host was contacted" in cli.stderr + cli.stdout, \
         _explain(cli)
     cli_lines = [line.strip().split(", ", 1)[1] for line in (cli.stderr + cli.stdout).splitlines()
                  if line.strip().startswith(f"{cli_inventory}, host {host}, ")]
     assert cli_lines, _explain(cli)
+    assert any("port" in line for line in cli_lines), cli_lines
     for line in cli_lines:
-        assert line in refused.stdout, (line, refused.stdout[-6000:])
-    assert "invalid inventory: inventory, " + cli_lines[0] in refused.stdout, \
-        refused.stdout[-6000:]
+        assert line in refused, (line, refused[-6000:])
+    assert "invalid inventory: inventory, " + cli_lines[0] in refused, refused[-6000:]
+
+
+def _with_instance(settings: dict, change: dict) -> dict:
+    return {**settings, "vllama_instances": [{**settings["vllama_instances"][0], **change}]}
+
+
+def _refuse(playbook: list[str], env: dict[str, str], play: Path, settings: dict,
+            change: dict) -> str:
+    """Run the play with one instance field changed; it must fail before changing anything."""
+    (play / "bad.json").write_text(json.dumps(_with_instance(settings, change)))
+    refused = _run([*playbook, "-e", "@bad.json"], env=env, cwd=play)
+    assert refused.returncode != 0, _explain(refused)
+    (host,) = recap(refused.stdout)
+    assert recap(refused.stdout)[host] == {**recap(refused.stdout)[host], "changed": 0,
+                                           "failed": 1}, refused.stdout[-6000:]
+    return refused.stdout
 
 
 def _find_host(inventory: dict, host: str) -> dict:

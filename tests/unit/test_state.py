@@ -143,6 +143,39 @@ def test_a_model_without_identity_record_is_checked_again(tree: dict[str, Any]) 
     assert result["phases"] == ["install", "configure", "run"]
 
 
+@pytest.mark.parametrize(("key_file_text", "source"), [
+    (None, "the controller's copy"), ("operator-chosen\n", "api_key_file")])
+def test_a_key_file_holding_another_key_sends_configure(tree: dict[str, Any], tmp_path: Path,
+                                                         key_file_text: str | None,
+                                                         source: str) -> None:
+    """The host's key is compared by content with the inventory's api_key_file (or, without
+    one, the controller's copy) through a salted digest: the key itself never travels."""
+    keys_dir = tmp_path / "controller-keys"
+    keys_dir.mkdir()
+    (keys_dir / "chat.key").write_text("secret\n")  # the copy matches the host: converged
+    inst = {"name": "chat", "api_key_file": ""}
+    if key_file_text is not None:
+        (tmp_path / "mine.key").write_text(key_file_text)
+        inst["api_key_file"] = str(tmp_path / "mine.key")
+    digests = FILTERS.vllama_key_digests({"instances": [inst]}, str(keys_dir))
+    assert "secret" not in json.dumps(digests) and "operator" not in json.dumps(digests)
+    assert digests["keys"]["chat"]["source"] == source
+    result = STATE.compare(tree["desired"], tree["history"], digests)
+    if key_file_text is None:
+        assert (result["differences"], result["phases"]) == ([], [])
+        (tree["state"] / "secrets/chat.key").write_text("edited-on-the-host\n")
+        result = STATE.compare(tree["desired"], tree["history"], digests)
+    key = tree["state"] / "secrets/chat.key"
+    assert result["differences"] == [f"chat: the key file {key} holds another key than {source}"]
+    assert result["phases"] == ["configure", "run"]
+
+
+def test_a_missing_api_key_file_is_named() -> None:
+    with pytest.raises(Exception, match="chat: cannot read api_key_file /nonexistent/k"):
+        FILTERS.vllama_key_digests({"instances": [{"name": "chat",
+                                                   "api_key_file": "/nonexistent/k"}]}, "/x")
+
+
 def test_restarts_follow_changed_files_keys_and_restaged_models() -> None:
     switches = [{"name": n, "restart": False} for n in ("a", "b", "c", "d")]
     rendered = [{"changed": True, "item": [{"name": "a"}, {"dest": "/x/engine.env"}]},
