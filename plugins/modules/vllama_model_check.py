@@ -58,8 +58,19 @@ options:
       - A store copy that fails its check is moved aside (to C(.damaged-NAME-TIME) beside it,
         kept for inspection) instead of failing the task, so it can be staged again from its
         source; the result says C(quarantined).
+      - With O(zfs_parent), a copy in one of the tool's model datasets moves aside with its
+        dataset, which is renamed C(NAME-damaged-TIME), mounted at C(.damaged-FOLDER-TIME)
+        beside its old mount point and marked C(org.vllama:damaged); the next apply creates a
+        fresh dataset. The damaged dataset is kept for inspection through the run that
+        quarantined it and destroyed by a later run's garbage collection.
     type: bool
     default: false
+  zfs_parent:
+    description:
+      - The parent of the tool's model datasets (C(vllama_zfs_dataset)); empty when the store
+        is plain folders.
+    type: str
+    default: ""
 author: vllama-provision maintainers (@vllama-provision)
 """
 
@@ -72,6 +83,14 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
+quarantined:
+  description: Where the damaged copy was moved (its new mount folder, on ZFS).
+  returned: when a damaged copy was moved aside
+  type: str
+quarantined_dataset:
+  description: The damaged copy's dataset, renamed.
+  returned: when a damaged copy on ZFS was moved aside with its dataset
+  type: str
 sha256:
   description: The file's sha256.
   returned: always
@@ -241,15 +260,61 @@ def write_identity(record, path):
     os.replace(tmp, record)
 
 
+MARK_CONTENT = "org.vllama:content"
+MARK_DAMAGED = "org.vllama:damaged"
+
+
+def _stamp():
+    return time.strftime("%Y%m%dT%H%M%S")
+
+
 def quarantine(path):
     """Move a damaged store copy aside; returns where, or '' when it cannot be moved."""
     folder, name = os.path.split(path.rstrip("/"))
-    aside = os.path.join(folder, f".damaged-{name}-{time.strftime('%Y%m%dT%H%M%S')}")
+    aside = os.path.join(folder, f".damaged-{name}-{_stamp()}")
     try:
         os.rename(path, aside)
     except OSError:
         return ""
     return aside
+
+
+def model_dataset(module, parent, path):
+    """(name, mountpoint) of the tool's model dataset under ``parent`` holding ``path``."""
+    argv = ["zfs", "list", "-H", "-r", "-t", "filesystem", "-o",
+            f"name,mountpoint,{MARK_CONTENT}", parent]
+    rc, out, _err = module.run_command(argv)
+    best = ("", "")
+    for line in out.splitlines() if rc == 0 else []:
+        fields = line.split("\t")
+        if len(fields) != 3 or fields[2] in ("", "-") or not fields[1].startswith("/"):
+            continue
+        mount = fields[1].rstrip("/")
+        if (path == mount or path.startswith(mount + "/")) and len(mount) > len(best[1]):
+            best = (fields[0], mount)
+    return best
+
+
+def quarantine_dataset(module, name, mount):
+    """Rename a damaged model dataset aside and mount it beside its old place; returns
+    (new name, new mount folder), or ('', '') when ZFS refused."""
+    stamp = _stamp()
+    folder, base = os.path.split(mount)
+    aside_name = f"{name}-damaged-{stamp}"
+    aside_mount = os.path.join(folder, f".damaged-{base}-{stamp}")
+    # The engine may still hold the damaged file open (it is restarted afterwards): unmount by
+    # force, so the new mount point can be set.
+    for argv, needed in ((["zfs", "rename", name, aside_name], True),
+                         (["zfs", "unmount", "-f", aside_name], False),
+                         (["zfs", "set", f"mountpoint={aside_mount}", aside_name], True),
+                         (["zfs", "set", f"{MARK_DAMAGED}={stamp}", aside_name], True),
+                         (["zfs", "mount", aside_name], False)):
+        rc, _out, err = module.run_command(argv)
+        if rc != 0 and needed:
+            module.warn(f"moving the damaged dataset {name} aside failed at "
+                        f"`{' '.join(argv)}`: {err.strip()}")
+            return "", ""
+    return aside_name, aside_mount
 
 
 def main():
@@ -263,13 +328,24 @@ def main():
         "into": {"type": "path", "default": ""},
         "record": {"type": "path", "default": ""},
         "quarantine": {"type": "bool", "default": False},
+        "zfs_parent": {"type": "str", "default": ""},
     }, supports_check_mode=True)
     path = module.params["path"]
     into = module.params["into"]
 
     def refuse(msg, **extra):
         if module.params["quarantine"] and not module.check_mode:
-            aside = quarantine(path)
+            dataset, mount = ("", "")
+            if module.params["zfs_parent"]:
+                dataset, mount = model_dataset(module, module.params["zfs_parent"], path)
+            if dataset:
+                aside_name, aside = quarantine_dataset(module, dataset, mount)
+                if aside_name:
+                    module.exit_json(changed=True, quarantined=aside,
+                                     quarantined_dataset=aside_name, path=path,
+                                     msg=f"{msg}; the damaged dataset {dataset} was renamed "
+                                         f"{aside_name} (mounted at {aside})")
+            aside = "" if dataset else quarantine(path)
             if aside:
                 module.exit_json(changed=True, quarantined=aside, path=path,
                                  msg=f"{msg}; the damaged copy was moved aside to {aside}")

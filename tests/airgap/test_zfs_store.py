@@ -171,6 +171,45 @@ def test_a_second_apply_changes_nothing(host: LabHost, lab: Lab, inv_dir: Path,
     assert after == before
 
 
+def test_a_damaged_copy_moves_aside_with_its_dataset_and_is_staged_again(
+        host: LabHost, lab: Lab, inv_dir: Path, run_cli: Any) -> None:
+    """Someone unseals the dataset and truncates the model: the next apply finds the identity
+    changed, renames the dataset aside (kept, marked, mounted beside), stages a fresh sealed
+    dataset at the same place, serves, and a later collection destroys the damaged one."""
+    (dataset,) = _datasets(host)
+    mount = _get(host, dataset, "mountpoint")["mountpoint"][0]
+    model = host.ssh(f"ls {mount}/*.gguf").stdout.strip()
+    size = int(host.ssh(f"stat -c %s {model}").stdout)
+    host.ssh(f"zfs set readonly=off {dataset} && truncate -s 4096 {model}")
+    result = run_cli("apply", str(inv_dir / "lab.yml"))
+    assert result.rc == 0, result.stderr
+    entry = result.host(host.name)
+    assert entry["status"] == "changed", entry
+    assert any("changed since it was checked" in d for d in entry["differences"]), entry
+    assert result.instance(host.name, "smollm2")["verified"] is True
+
+    datasets = _datasets(host)
+    (aside,) = [d for d in datasets if d.startswith(f"{dataset}-damaged-")]
+    assert sorted(datasets) == sorted([dataset, aside])
+    stamp = aside.rsplit("-damaged-", 1)[1]
+    props = _get(host, aside, "mountpoint", "org.vllama:damaged")
+    assert props["org.vllama:damaged"][0] == stamp
+    folder, base = mount.rsplit("/", 1)
+    assert props["mountpoint"][0] == f"{folder}/.damaged-{base}-{stamp}"
+    assert int(host.ssh(f"stat -c %s {props['mountpoint'][0]}/{model.rsplit('/', 1)[1]}")
+               .stdout) == 4096  # kept as found, for inspection
+    fresh = _get(host, dataset, "mountpoint", "org.vllama:sealed", "readonly")
+    assert fresh["mountpoint"][0] == mount and fresh["org.vllama:sealed"][0] == "staged"
+    assert fresh["readonly"][0] == "on"
+    assert int(host.ssh(f"stat -c %s {model}").stdout) == size
+
+    done = _gc(inv_dir / "lab.yml", inv_dir)  # a later collection
+    assert done["destroyed"] == [aside], done
+    assert _datasets(host) == [dataset]
+    again = run_cli("apply", str(inv_dir / "lab.yml"))
+    assert again.rc == 0 and again.host(host.name)["changed"] == 0, again.host(host.name)
+
+
 @pytest.fixture(scope="module")
 def other_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Other content: the same GGUF with 4 KiB of zeros after its tensor data (llama.cpp reads
