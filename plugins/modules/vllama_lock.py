@@ -52,35 +52,8 @@ held_by:
   type: dict
 """
 
-import json
-import os
-import tempfile
-
 from ansible.module_utils.basic import AnsibleModule
-
-
-def _read(path):
-    try:
-        with open(path, encoding="utf-8") as handle:
-            return json.load(handle)
-    except (OSError, ValueError):
-        return {"run_id": "unknown", "unreadable": True}
-
-
-def _create(path, owner):
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        json.dump(owner, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-
-
-def _replace(path, owner):
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".lock-")
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        json.dump(owner, handle)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+from ansible_collections.vllama.provision.plugins.module_utils.vllama_lock import acquire, release
 
 
 def main():
@@ -91,27 +64,11 @@ def main():
         "replace_run_id": {"type": "str", "default": ""},
     }, supports_check_mode=True)
     p = module.params
-    path, owner = p["path"], p["owner"]
-    current = _read(path) if os.path.exists(path) else None
     if p["state"] == "released":
-        if current and current.get("run_id") == owner.get("run_id") and not module.check_mode:
-            os.unlink(path)
+        release(p["path"], p["owner"], module.check_mode)
         module.exit_json(changed=False, acquired=False)
-    if current and current.get("run_id") == owner.get("run_id"):
-        module.exit_json(changed=False, acquired=True)
-    if module.check_mode:
-        if current:
-            module.exit_json(changed=False, acquired=False, held_by=current)
-        module.exit_json(changed=False, acquired=True)
-    os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
-    if current and p["replace_run_id"] and current.get("run_id") == p["replace_run_id"]:
-        _replace(path, owner)
-        module.exit_json(changed=False, acquired=True, replaced=current)
-    try:
-        _create(path, owner)
-    except FileExistsError:
-        module.exit_json(changed=False, acquired=False, held_by=_read(path))
-    module.exit_json(changed=False, acquired=True)
+    module.exit_json(changed=False, **acquire(p["path"], p["owner"], p["replace_run_id"],
+                                              module.check_mode))
 
 
 if __name__ == "__main__":

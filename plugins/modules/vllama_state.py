@@ -36,6 +36,28 @@ options:
     description: The host's history file (an unfinished switch must be finished by a run).
     type: path
     required: true
+  lock_path:
+    description:
+      - Take the host lock (this file) first, in the same round trip as the comparison, as
+        M(vllama.provision.vllama_lock) takes it; release it with that module. Empty takes no
+        lock.
+    type: path
+    default: ""
+  lock_wait:
+    description: Seconds to wait for another live run's lock before refusing the host.
+    type: int
+    default: 0
+  break_lock:
+    description: Replace a lock held by another controller's run.
+    type: bool
+    default: false
+  lock:
+    description:
+      - Internal, set by the action plugin from O(lock_path) (C(path), C(owner),
+        C(replace_run_id), C(check_mode)). When another run holds the lock, nothing is compared
+        and the result has C(acquired=false) and C(held_by).
+    type: dict
+    default: {}
   key_digests:
     description:
       - The key each instance's key file must hold, as the C(vllama_key_digests) filter gives
@@ -47,6 +69,14 @@ author: vllama-provision maintainers (@vllama-provision)
 """
 
 EXAMPLES = r"""
+- name: Take the host lock and compare this host with its desired state.
+  vllama.provision.vllama_state:
+    desired: "{{ _vllama_plan | vllama.provision.vllama_desired(_vllama_sources) }}"
+    history: /var/lib/vllama/history.json
+    lock_path: /var/lib/vllama/lock
+    lock_wait: 300
+  register: __vllama_state
+
 - name: Compare this host with its desired state.
   vllama.provision.vllama_state:
     desired: "{{ _vllama_plan | vllama.provision.vllama_desired(_vllama_sources) }}"
@@ -55,6 +85,10 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
+acquired:
+  description: Whether this run holds the host lock (with C(lock_path)).
+  returned: with lock_path
+  type: bool
 differences:
   description: What differs from the desired state, one sentence each, prefixed by the instance.
   returned: always
@@ -82,229 +116,9 @@ instances:
   type: dict
 """
 
-import hashlib
-import hmac
-import os
-import pwd
-import stat
-import subprocess
-
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.vllama.provision.plugins.module_utils.vllama_releases import (
-    inspect_instances,
-    read_history,
-    read_json,
-)
-
-PHASES = ("install", "configure", "run")
-KEY_DIGEST_ROUNDS = 100_000  # as the vllama_key_digests filter
-
-
-class Differences:
-    def __init__(self):
-        self.items = []
-        self.phases = set()
-
-    def add(self, phase, text):
-        self.items.append(text)
-        self.phases.add(phase)
-
-
-def _sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _owner(st):
-    try:
-        return pwd.getpwuid(st.st_uid).pw_name
-    except KeyError:
-        return str(st.st_uid)
-
-
-def check_file(diff, where, spec):
-    """A rendered file: content hash, mode, owner."""
-    path = spec["path"]
-    try:
-        st = os.lstat(path)
-    except OSError:
-        diff.add("configure", f"{where}: {path} is missing")
-        return
-    if not stat.S_ISREG(st.st_mode):
-        diff.add("configure", f"{where}: {path} is not a regular file")
-        return
-    if _sha256(path) != spec["sha256"]:
-        diff.add("configure", f"{where}: {path} differs from its rendered content")
-    mode = spec.get("mode")
-    if mode and stat.S_IMODE(st.st_mode) != int(mode, 8):
-        diff.add("configure", f"{where}: {path} has mode {stat.S_IMODE(st.st_mode):04o}, "
-                              f"not {mode}")
-    owner = spec.get("owner")
-    if owner and _owner(st) != owner:
-        diff.add("configure", f"{where}: {path} is owned by {_owner(st)}, not {owner}")
-
-
-def check_key(diff, exposed, where, spec):
-    """A secret file: present, owned by whom it should be, readable by nobody else."""
-    path = spec["path"]
-    try:
-        st = os.stat(path)
-    except OSError:
-        diff.add("configure", f"{where}: the key file {path} is missing")
-        return
-    mode = stat.S_IMODE(st.st_mode)
-    if mode & 0o077:
-        diff.add("configure", f"{where}: the key file {path} has mode {mode:04o}: others could "
-                              "read it")
-        exposed.append(path)
-    owner = spec.get("owner")
-    if owner and _owner(st) != owner:
-        diff.add("configure", f"{where}: the key file {path} is owned by {_owner(st)}, not "
-                              f"{owner}")
-
-
-def check_key_content(diff, where, path, salt, want):
-    """The key file holds the key the inventory (or the controller's copy) says."""
-    try:
-        with open(path, encoding="utf-8") as handle:
-            key = handle.read().strip()
-    except OSError:
-        return  # reported missing by check_key
-    got = hashlib.pbkdf2_hmac("sha256", key.encode("utf-8"), bytes.fromhex(salt),
-                              KEY_DIGEST_ROUNDS).hex()
-    if not hmac.compare_digest(got, want["digest"]):
-        diff.add("configure", f"{where}: the key file {path} holds another key than "
-                              f"{want.get('source', 'the desired one')}")
-
-
-def check_model(diff, where, model):
-    """A stored model: present, and each of its files as its check recorded them (size, mtime,
-    inode). Returns False when the model must be checked again."""
-    path = model.get("path")
-    if not path:
-        return True
-    if not os.path.exists(path):
-        diff.add("install", f"{where}: the model {path} is missing")
-        return True  # staged again, then checked
-    if not model.get("record"):
-        return True  # checked as it arrives (a downloaded snapshot): presence is what counts
-    record = read_json(model["record"], None)
-    if record is None or record.get("path") != path:
-        diff.add("install", f"{where}: the model {path} has no identity record (it is checked "
-                            "again)")
-        return False
-    before = len(diff.items)
-    for rel, want in sorted((record.get("files") or {}).items()):
-        full = os.path.join(path, rel) if rel else path
-        try:
-            st = os.stat(full)
-        except OSError:
-            diff.add("install", f"{where}: the model file {full} is missing")
-            continue
-        got = [st.st_size, st.st_mtime_ns, st.st_ino]
-        if got != list(want):
-            diff.add("install", f"{where}: the model file {full} changed since it was checked "
-                                f"(size {want[0]} -> {st.st_size})")
-    return len(diff.items) == before
-
-
-def check_release(diff, where, inst):
-    folder = inst["release_dir"]
-    if not os.path.isdir(folder):
-        diff.add("configure", f"{where}: the release folder {folder} is missing")
-        return
-    manifest = read_json(os.path.join(folder, "manifest.json"), None)
-    if manifest != inst["manifest"]:
-        diff.add("configure", f"{where}: the release's manifest.json differs")
-    if not os.path.exists(os.path.join(folder, "created.json")):
-        diff.add("configure", f"{where}: the release's created.json is missing")
-    for link, target in sorted((inst.get("links") or {}).items()):
-        try:
-            got = os.readlink(link)
-        except OSError:
-            got = None
-        if got != target:
-            diff.add("configure", f"{where}: {link} points to {got or 'nothing'}, not {target}")
-
-
-def _unit_properties(units):
-    if not units:
-        return {}
-    argv = ["systemctl", "show", "-p", "Id", "-p", "ActiveState", "-p", "UnitFileState",
-            "-p", "NeedDaemonReload", *units]
-    out = subprocess.run(argv, capture_output=True, text=True, check=False).stdout
-    found = {}
-    for block in out.strip().split("\n\n"):
-        props = dict(line.split("=", 1) for line in block.splitlines() if "=" in line)
-        if props.get("Id"):
-            found[props["Id"]] = props
-    return found
-
-
-def compare(desired, history_path, key_digests=None):
-    diff = Differences()
-    exposed = []
-    user = desired.get("service_user")
-    if user:
-        try:
-            pwd.getpwnam(user)
-        except KeyError:
-            diff.add("install", f"the service user {user} does not exist")
-    for folder in desired.get("folders") or []:
-        if not os.path.isdir(folder):
-            diff.add("install", f"the folder {folder} is missing")
-    instances = desired.get("instances") or []
-    history = read_history(history_path)
-    releases = inspect_instances(desired["install_root"], history,
-                                 [i["name"] for i in instances],
-                                 {i["name"]: i["unit"] for i in instances})
-    units = _unit_properties([i["unit"] for i in instances if i.get("unit")])
-    to_check = []
-    for inst in instances:
-        name = inst["name"]
-        engine = inst.get("engine_python")
-        if engine and not os.path.exists(engine):
-            diff.add("install", f"{name}: the engine environment ({engine}) is missing")
-        if not check_model(diff, name, inst.get("model") or {}):
-            to_check.append(name)
-        check_release(diff, name, inst)
-        for spec in inst.get("files") or []:
-            check_file(diff, name, spec)
-        for spec in inst.get("keys") or []:
-            check_key(diff, exposed, name, spec)
-        want_key = ((key_digests or {}).get("keys") or {}).get(name)
-        if want_key and inst.get("keys"):
-            check_key_content(diff, name, inst["keys"][0]["path"], key_digests["salt"], want_key)
-        if not inst.get("controller_key"):
-            diff.add("configure", f"{name}: the controller has no copy of the key")
-        state = releases.get(name) or {}
-        if state.get("current") != inst["release"]:
-            diff.add("run", f"{name}: current is {state.get('current') or 'nothing'}, not "
-                            f"{inst['release']}")
-        if state.get("pending"):
-            diff.add("run", f"{name}: a switch to {state['pending'].get('to')} was never "
-                            "verified")
-        if state.get("stale"):
-            diff.add("run", f"{name}: the engine started before the last switch")
-        props = units.get(inst["unit"], {})
-        if props.get("ActiveState") != "active":
-            diff.add("run", f"{name}: {inst['unit']} is {props.get('ActiveState', 'unknown')}")
-        if props.get("UnitFileState") != "enabled":
-            diff.add("run", f"{name}: {inst['unit']} is "
-                            f"{props.get('UnitFileState') or 'not installed'}, not enabled")
-        if props.get("NeedDaemonReload") == "yes":
-            diff.add("run", f"{name}: systemd has not loaded the changed {inst['unit']}")
-    # A phase that repairs files restarts what reads them: configure implies run.
-    phases = set(diff.phases)
-    if "configure" in phases or "install" in phases:
-        phases.add("run")
-    if "install" in phases:
-        phases.add("configure")
-    return {"differences": diff.items, "phases": [p for p in PHASES if p in phases],
-            "exposed_keys": exposed, "models_to_check": to_check, "instances": releases}
+from ansible_collections.vllama.provision.plugins.module_utils.vllama_lock import acquire
+from ansible_collections.vllama.provision.plugins.module_utils.vllama_state import compare
 
 
 def main():
@@ -312,13 +126,26 @@ def main():
         "desired": {"type": "dict", "required": True},
         "history": {"type": "path", "required": True},
         "key_digests": {"type": "dict", "default": {}, "no_log": True},
+        "lock_path": {"type": "path", "default": ""},
+        "lock_wait": {"type": "int", "default": 0},
+        "break_lock": {"type": "bool", "default": False},
+        "lock": {"type": "dict", "default": {}},
     }, supports_check_mode=True)
+    lock = module.params["lock"]
+    if lock:
+        # The comparison runs under the host lock: taken here, in the same round trip.
+        taken = acquire(lock["path"], lock["owner"], lock.get("replace_run_id") or "",
+                        bool(lock.get("check_mode")))
+        if not taken["acquired"]:
+            module.exit_json(changed=False, **taken)
+    else:
+        taken = {}
     try:
         result = compare(module.params["desired"], module.params["history"],
                          module.params["key_digests"])
     except (OSError, ValueError, KeyError, TypeError) as exc:
         module.fail_json(msg=f"cannot compare the host with its desired state: {exc}")
-    module.exit_json(changed=False, **result)
+    module.exit_json(changed=False, **taken, **result)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,8 @@ import hashlib
 import importlib.util
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +30,10 @@ def _load(path: Path, name: str) -> Any:
     return module
 
 
-STATE = _load(ROOT / "plugins/modules/vllama_state.py", "vllama_state_module")
+STATE = importlib.import_module(
+    "ansible_collections.vllama.provision.plugins.module_utils.vllama_state")
+LOCK = importlib.import_module(
+    "ansible_collections.vllama.provision.plugins.plugin_utils.vllama_lock")
 FILTERS = _load(ROOT / "plugins/filter/vllama.py", "vllama_filters_for_state")
 UNIT = {"Id": "vllama-chat.service", "ActiveState": "active", "UnitFileState": "enabled",
         "NeedDaemonReload": "no"}
@@ -183,3 +188,61 @@ def test_restarts_follow_changed_files_keys_and_restaged_models() -> None:
     keys = [{"changed": True, "item": {"name": "c"}}]
     assert [s["name"] for s in FILTERS.vllama_restarts(switches, rendered, keys, {}, ["d"])] == [
         "a", "c", "d"]
+
+
+def _run_module(tmp_path: Path, args: dict[str, Any]) -> dict[str, Any]:
+    """The vllama_state module run as Ansible runs it on a host (python FILE ARGS.json)."""
+    argfile = tmp_path / "args.json"
+    argfile.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": args}))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.run([sys.executable, str(ROOT / "plugins/modules/vllama_state.py"),
+                           str(argfile)], capture_output=True, text=True, env=env, check=False,
+                          timeout=60)
+    return json.loads(proc.stdout)
+
+
+def test_the_lock_is_taken_in_the_same_round_trip_and_nothing_compared_while_held(
+        tree: dict[str, Any], tmp_path: Path) -> None:
+    lock = tmp_path / "state/lock"
+    mine = {"run_id": "run-1", "pid": 1}
+    args = {"desired": tree["desired"], "history": tree["history"],
+            "lock": {"path": str(lock), "owner": mine}}
+    first = _run_module(tmp_path, args)
+    assert first["acquired"] is True and "differences" in first, first
+    assert json.loads(lock.read_text())["run_id"] == "run-1"
+    other = _run_module(tmp_path, {**args, "lock": {"path": str(lock),
+                                                    "owner": {"run_id": "run-2"}}})
+    assert other["acquired"] is False and other["held_by"]["run_id"] == "run-1"
+    assert "differences" not in other and "phases" not in other
+    checking = _run_module(tmp_path, {**args, "lock": {"path": str(tmp_path / "free"),
+                                                       "owner": mine, "check_mode": True}})
+    assert checking["acquired"] is True and not (tmp_path / "free").exists()
+
+
+def test_the_controller_waits_replaces_a_stale_lock_or_refuses() -> None:
+    me = {"run_id": "me", "controller": "ctl", "boot_id": "b1", "pid": 10}
+    calls: list[str] = []
+
+    def held_by(holder: dict[str, Any]) -> Any:
+        def execute(replace: str) -> dict[str, Any]:
+            calls.append(replace)
+            if replace == holder["run_id"]:
+                return {"acquired": True}
+            return {"acquired": False, "held_by": holder}
+        return execute
+
+    dead = {"run_id": "old", "controller": "ctl", "boot_id": "b1", "pid": 99}
+    res = LOCK.take(held_by(dead), me, 0, False, lambda pid: False, sleep=0)
+    assert res["acquired"] and res["stale_lock"] == dead and "its process 99 is gone" in res["msg"]
+    assert calls == ["", "old"]
+    rebooted = {**dead, "boot_id": "b0"}
+    assert "rebooted" in LOCK.take(held_by(rebooted), me, 0, False, lambda pid: True,
+                                   sleep=0)["msg"]
+    live = {**dead, "pid": 11, "command": "apply", "started": "then"}
+    refused = LOCK.take(held_by(live), me, 0, False, lambda pid: True, sleep=0)
+    assert refused["failed"] and refused["vllama_refused"]
+    assert "locked by run old (apply, pid 11 on ctl, since then)" in refused["msg"]
+    elsewhere = {**live, "controller": "other"}
+    assert LOCK.take(held_by(elsewhere), me, 0, False, lambda pid: False, sleep=0)["failed"]
+    broken = LOCK.take(held_by(elsewhere), me, 0, True, lambda pid: False, sleep=0)
+    assert broken["acquired"] and "broken on request" in broken["msg"]
