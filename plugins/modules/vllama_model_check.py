@@ -65,6 +65,14 @@ options:
         quarantined it and destroyed by a later run's garbage collection.
     type: bool
     default: false
+  units:
+    description:
+      - Engine units that may read the copy. On ZFS, those whose process holds the damaged
+        copy are stopped before its dataset is moved aside (a dataset in use cannot be
+        renamed); the run phase starts them on the copy staged in its place.
+    type: list
+    elements: str
+    default: []
   zfs_parent:
     description:
       - The parent of the tool's model datasets (C(vllama_zfs_dataset)); empty when the store
@@ -87,6 +95,11 @@ quarantined:
   description: Where the damaged copy was moved (its new mount folder, on ZFS).
   returned: when a damaged copy was moved aside
   type: str
+stopped:
+  description: The engine units stopped to move the damaged dataset aside.
+  returned: when a damaged copy on ZFS was moved aside with its dataset
+  type: list
+  elements: str
 quarantined_dataset:
   description: The damaged copy's dataset, renamed.
   returned: when a damaged copy on ZFS was moved aside with its dataset
@@ -295,26 +308,57 @@ def model_dataset(module, parent, path):
     return best
 
 
+def _holds(pid, mount):
+    """Whether process ``pid`` maps or has open a file under ``mount``."""
+    prefix = mount.rstrip("/") + "/"
+    try:
+        with open(f"/proc/{pid}/maps", encoding="utf-8", errors="replace") as handle:
+            if any(prefix in line for line in handle):
+                return True
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            if os.readlink(f"/proc/{pid}/fd/{fd}").startswith(prefix):
+                return True
+    except OSError:
+        return False
+    return False
+
+
+def stop_holders(module, units, mount):
+    """Stop the engine units whose process holds the damaged copy (a dataset in use cannot be
+    renamed); the run phase starts them again on the copy staged in its place."""
+    stopped = []
+    for unit in units:
+        rc, out, _err = module.run_command(["systemctl", "show", "-p", "MainPID", "--value",
+                                            unit])
+        pid = out.strip() if rc == 0 else ""
+        if pid.isdigit() and int(pid) > 0 and _holds(pid, mount):
+            module.run_command(["systemctl", "stop", unit])
+            stopped.append(unit)
+    return stopped
+
+
 def quarantine_dataset(module, name, mount):
     """Rename a damaged model dataset aside and mount it beside its old place; returns
-    (new name, new mount folder), or ('', '') when ZFS refused."""
+    (new name, new mount folder, '') or ('', '', why ZFS refused)."""
     stamp = _stamp()
     folder, base = os.path.split(mount)
     aside_name = f"{name}-damaged-{stamp}"
     aside_mount = os.path.join(folder, f".damaged-{base}-{stamp}")
-    # The engine may still hold the damaged file open (it is restarted afterwards): unmount by
-    # force, so the new mount point can be set.
+    # A file closed a moment ago (this module's own read, a stopped engine) may keep a FUSE
+    # mount (zfs-fuse) busy briefly: the rename is retried for a few seconds.
+    deadline = time.monotonic() + 20
     for argv, needed in ((["zfs", "rename", name, aside_name], True),
-                         (["zfs", "unmount", "-f", aside_name], False),
                          (["zfs", "set", f"mountpoint={aside_mount}", aside_name], True),
                          (["zfs", "set", f"{MARK_DAMAGED}={stamp}", aside_name], True),
                          (["zfs", "mount", aside_name], False)):
-        rc, _out, err = module.run_command(argv)
+        while True:
+            rc, out, err = module.run_command(argv)
+            if rc == 0 or "busy" not in err or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
         if rc != 0 and needed:
-            module.warn(f"moving the damaged dataset {name} aside failed at "
-                        f"`{' '.join(argv)}`: {err.strip()}")
-            return "", ""
-    return aside_name, aside_mount
+            return "", "", f"`{' '.join(argv)}` failed: {' '.join((err or out).split())}"
+    return aside_name, aside_mount, ""
 
 
 def main():
@@ -329,6 +373,7 @@ def main():
         "record": {"type": "path", "default": ""},
         "quarantine": {"type": "bool", "default": False},
         "zfs_parent": {"type": "str", "default": ""},
+        "units": {"type": "list", "elements": "str", "default": []},
     }, supports_check_mode=True)
     path = module.params["path"]
     into = module.params["into"]
@@ -338,10 +383,12 @@ def main():
             dataset, mount = ("", "")
             if module.params["zfs_parent"]:
                 dataset, mount = model_dataset(module, module.params["zfs_parent"], path)
+            why, stopped = "", []
             if dataset:
-                aside_name, aside = quarantine_dataset(module, dataset, mount)
+                stopped = stop_holders(module, module.params["units"], mount)
+                aside_name, aside, why = quarantine_dataset(module, dataset, mount)
                 if aside_name:
-                    module.exit_json(changed=True, quarantined=aside,
+                    module.exit_json(changed=True, quarantined=aside, stopped=stopped,
                                      quarantined_dataset=aside_name, path=path,
                                      msg=f"{msg}; the damaged dataset {dataset} was renamed "
                                          f"{aside_name} (mounted at {aside})")
@@ -349,7 +396,9 @@ def main():
             if aside:
                 module.exit_json(changed=True, quarantined=aside, path=path,
                                  msg=f"{msg}; the damaged copy was moved aside to {aside}")
-            msg += "; the damaged copy could not be moved aside (read-only store)"
+            msg += (f"; its dataset {dataset} could not be moved aside: {why} (engines stopped "
+                    f"first: {', '.join(stopped) or 'none held it'})" if dataset
+                    else "; the damaged copy could not be moved aside (read-only store)")
         if module.params["remove_on_failure"] and not module.check_mode:
             if os.path.isdir(path) and not os.path.islink(path):
                 shutil.rmtree(path)
@@ -366,6 +415,10 @@ def main():
             write_identity(module.params["record"], result.get("path") or path)
         module.exit_json(**result)
 
+    if module.params["quarantine"] and not os.path.lexists(path):
+        # Moved aside already (another instance reads the same copy): staged again below.
+        module.exit_json(changed=False, path=path, missing=True,
+                         msg=f"{path} is not there: it is staged again")
     if module.params["files"]:
         if not os.path.isdir(path):
             module.fail_json(msg=f"model folder {path} does not exist on the host")

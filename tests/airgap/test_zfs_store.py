@@ -198,9 +198,10 @@ def test_a_damaged_copy_moves_aside_with_its_dataset_and_is_staged_again(
     assert props["mountpoint"][0] == f"{folder}/.damaged-{base}-{stamp}"
     assert int(host.ssh(f"stat -c %s {props['mountpoint'][0]}/{model.rsplit('/', 1)[1]}")
                .stdout) == 4096  # kept as found, for inspection
-    fresh = _get(host, dataset, "mountpoint", "org.vllama:sealed", "readonly")
+    fresh = _get(host, dataset, "mountpoint", "org.vllama:sealed")
     assert fresh["mountpoint"][0] == mount and fresh["org.vllama:sealed"][0] == "staged"
-    assert fresh["readonly"][0] == "on"
+    write = host.ssh(f"touch {mount}/x", check=False)  # sealed again (see the first test)
+    assert write.returncode != 0 and "Read-only file system" in write.stderr
     assert int(host.ssh(f"stat -c %s {model}").stdout) == size
 
     done = _gc(inv_dir / "lab.yml", inv_dir)  # a later collection
