@@ -6,6 +6,7 @@ import hashlib
 import os
 
 from ansible.errors import AnsibleFilterError
+from ansible_collections.vllama.provision.plugins.module_utils.vllama_state import key_digest
 
 
 def vllama_missing_wheels(play_hosts, hostvars, builder="host"):
@@ -270,16 +271,6 @@ def vllama_desired(plan, sources):
     return {"install_root": plan["install_root"], "service_user": plan["service_user"],
             "folders": [plan["install_root"], plan["state_root"], plan["models_root"]],
             "instances": instances}
-
-
-KEY_DIGEST_ROUNDS = 100_000
-
-
-def key_digest(key, salt):
-    """A salted, slow digest of an API key: what the host's key file is compared by, so neither
-    the key nor a fast hash of it ever travels in module arguments."""
-    return hashlib.pbkdf2_hmac("sha256", key.strip().encode("utf-8"), bytes.fromhex(salt),
-                               KEY_DIGEST_ROUNDS).hex()
 
 
 def vllama_key_digests(plan, keys_dir):

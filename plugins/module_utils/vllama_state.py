@@ -24,7 +24,15 @@ from ansible_collections.vllama.provision.plugins.module_utils.vllama_releases i
 )
 
 PHASES = ("install", "configure", "run")
-KEY_DIGEST_ROUNDS = 100_000  # as the vllama_key_digests filter
+KEY_DIGEST_ROUNDS = 100_000
+
+
+def key_digest(key, salt):
+    """A salted, slow digest of an API key: what a host's key file is compared by (the
+    vllama_key_digests filter computes the desired one on the controller), so neither the key
+    nor a fast hash of it ever travels in module arguments."""
+    return hashlib.pbkdf2_hmac("sha256", key.strip().encode("utf-8"), bytes.fromhex(salt),
+                               KEY_DIGEST_ROUNDS).hex()
 
 
 class Differences:
@@ -100,8 +108,7 @@ def check_key_content(diff, where, path, salt, want):
             key = handle.read().strip()
     except OSError:
         return  # reported missing by check_key
-    got = hashlib.pbkdf2_hmac("sha256", key.encode("utf-8"), bytes.fromhex(salt),
-                              KEY_DIGEST_ROUNDS).hex()
+    got = key_digest(key, salt)
     if not hmac.compare_digest(got, want["digest"]):
         diff.add("configure", f"{where}: the key file {path} holds another key than "
                               f"{want.get('source', 'the desired one')}")
