@@ -3,20 +3,30 @@
 Returns the plan as the ``_vllama_plan`` fact; every template on the host is rendered from it,
 exactly as ``vllama-provision render`` renders it. Refusals fail the task with
 ``vllama_refused: true`` so the report marks the host ``refused``.
+
+The role's preflight does its whole controller side in this one task (one task per host, not
+four): ``validate`` checks the host's variables with the CLI's validator first (refused in its
+words, as vllama_validate), ``deployed_only`` refuses instances this release renders but does
+not deploy, and ``sources`` resolves where models and engine wheels come from (the
+``_vllama_sources`` fact, as vllama_sources).
 """
 
 from __future__ import annotations
 
 import hashlib
 
+from ansible.module_utils.parsing.convert_bool import boolean
 from ansible.plugins.action import ActionBase
 from ansible_collections.vllama.provision.plugins.plugin_utils.vllama_package import require_package
+from ansible_collections.vllama.provision.plugins.plugin_utils.vllama_sources import resolve
 
 try:  # the vllama-provision package, in exactly this collection's version (checked at run)
     from vllama_provision import gpu
+    from vllama_provision.errors import VllamaError
     from vllama_provision.inventory import HostSpec, host_vars_from_task, to_plain
     from vllama_provision.planner import EngineOverride, plan_host
     from vllama_provision.render import MANAGED, render_host
+    from vllama_provision.validation import validate_host
     from vllama_provision.verify import key_path
 except ImportError as exc:
     VLLAMA_IMPORT_ERROR = exc
@@ -34,7 +44,14 @@ class ActionModule(ActionBase):
         task_vars = task_vars or {}
         host = task_vars.get("inventory_hostname", "")
         host_vars = host_vars_from_task(task_vars, self._templar.template)
-        facts = to_plain(self._task.args.get("facts") or None)
+        args = self._task.args
+        if boolean(args.get("validate", False), strict=False):
+            problems = [p.render() for p in validate_host(host, host_vars, file="inventory")]
+            if problems:
+                result.update(changed=False, failed=True, problems=problems,
+                              msg="invalid inventory: " + "; ".join(problems))
+                return result
+        facts = to_plain(args.get("facts") or None)
         if facts:
             problems = gpu.validate_host_facts(facts)
             if problems:
@@ -57,6 +74,10 @@ class ActionModule(ActionBase):
                     for c in data["checks"] + [c for i in data["instances"] for c in i["checks"]]
                     if c["level"] == "refuse"]
         result.update(changed=False, plan=data, ansible_facts={"_vllama_plan": data})
+        if boolean(args.get("deployed_only", False), strict=False):
+            refusals += [f"{i['name']}: {i['deploy']} {i['server']} under {i['service_manager']} "
+                         "is rendered by `vllama-provision render` but not applied by this release"
+                         for i in data["instances"] if i["service_manager"] != "systemd"]
         if refusals:
             result.update(failed=True, vllama_refused=True,
                           msg="REFUSED: " + "; ".join(refusals))
@@ -65,4 +86,17 @@ class ActionModule(ActionBase):
                           msg="REFUSED: the platform could not be determined from the facts")
         else:
             result["msg"] = f"{len(data['instances'])} instance(s) planned on {data['platform']}"
+            if boolean(args.get("sources", False), strict=False):
+                self._sources(result, data, facts or {}, task_vars)
         return result
+
+    def _sources(self, result, plan, facts, task_vars):
+        bundle = task_vars.get("vllama_run_bundle")
+        try:
+            sources, extra = resolve(plan, facts,
+                                     to_plain(self._templar.template(bundle)) if bundle else None)
+        except VllamaError as exc:
+            result.update(failed=True, msg=str(exc))
+            return
+        result.update(sources=sources)
+        result["ansible_facts"].update(_vllama_sources=sources, **extra)

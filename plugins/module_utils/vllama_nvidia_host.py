@@ -132,6 +132,12 @@ def library_versions():
     return sorted(found)
 
 
+def nvidia_device_nodes(dev_root="/dev"):
+    """The NVIDIA driver's device nodes (``/dev/nvidia*``; ``/dev/dxg`` under WSL)."""
+    return sorted(glob.glob(os.path.join(dev_root, "nvidia*"))
+                  + glob.glob(os.path.join(dev_root, "dxg")))
+
+
 def empty_nvidia(pci_devices):
     return {"nvml": "absent", "error": None, "driver_version": None, "cuda_version": None,
             "nvml_version": None, "pci_devices": pci_devices}
@@ -222,6 +228,10 @@ def _mig_devices(pynvml, handle):
 def nvidia_facts(pynvml_path="", sysfs_root="/sys"):
     """(nvidia facts, gpus) for a Linux host; explicit empty facts when nothing NVIDIA is here."""
     pci = pci_nvidia_devices(sysfs_root)
+    if not (pynvml_path or pci or library_versions() or nvidia_device_nodes()):
+        # Nothing NVIDIA here (no device, library or device node): NVML cannot answer, and
+        # importing it is most of the facts' cost on a CPU host.
+        return empty_nvidia([]), []
     try:
         pynvml = load_pynvml(pynvml_path)
     except ImportError as exc:

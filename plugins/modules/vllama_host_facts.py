@@ -17,6 +17,9 @@ description:
   - Returns C(vllama_facts) (also as an Ansible fact) in vllama-provision's host facts shape.
   - NVIDIA devices on the PCI bus are listed even when no driver is loaded.
   - A host without a GPU gets explicit empty GPU facts, never an error.
+  - Whether the running kernel's headers are installable (C(platform.kernel_headers_installable),
+    read by the NVIDIA driver role) is asked of the package manager only on hosts with NVIDIA
+    hardware; elsewhere it is null (not checked).
 options:
   pynvml_path:
     description:
@@ -93,7 +96,9 @@ def _memory_bytes(system):
     return 0
 
 
-def platform_facts(sysfs_root):
+def platform_facts(sysfs_root, nvidia_hardware=True):
+    """The platform facts; whether kernel headers are installable is asked (``apt-cache``,
+    ``dnf``: the slowest part) only on hosts with NVIDIA hardware, the driver's only reader."""
     system = platform.system()
     machine = platform.machine()
     kernel = platform.release()
@@ -113,7 +118,8 @@ def platform_facts(sysfs_root):
         "cpu_count": os.cpu_count() or 1,
         "secure_boot": host.secure_boot(sysfs_root) if system == "Linux" else None,
         "kernel_headers_installable":
-            host.headers_installable(family, kernel) if system == "Linux" else None,
+            host.headers_installable(family, kernel)
+            if system == "Linux" and nvidia_hardware else None,
         "libc": "".join(platform.libc_ver()) if system == "Linux" else "darwin",
     }
 
@@ -130,12 +136,13 @@ def main():
     module = AnsibleModule(argument_spec={"pynvml_path": {"type": "str", "default": ""},
                                           "sysfs_root": {"type": "str", "default": "/sys"}},
                            supports_check_mode=True)
-    plat = platform_facts(module.params["sysfs_root"])
-    if plat["system"] == "Linux":
+    if platform.system() == "Linux":
         nvidia, gpus = host.nvidia_facts(module.params["pynvml_path"],
                                          module.params["sysfs_root"])
     else:
         nvidia, gpus = host.empty_nvidia([]), []
+    plat = platform_facts(module.params["sysfs_root"],
+                          nvidia_hardware=bool(gpus or nvidia.get("pci_devices")))
     facts = {"schema": 1, "platform": plat, "nvidia": nvidia, "gpus": gpus,
              "apple": apple_facts(plat)}
     module.exit_json(changed=False, vllama_facts=facts, ansible_facts={"vllama_facts": facts})

@@ -17,6 +17,24 @@ options:
   facts:
     description: The host's facts from M(vllama.provision.vllama_host_facts) (C(vllama_facts)).
     type: dict
+  validate:
+    description:
+      - First validate the host's C(vllama_*) variables with the CLI's own validator, as
+        M(vllama.provision.vllama_validate) does (the same message, nothing planned).
+    type: bool
+    default: false
+  deployed_only:
+    description:
+      - Refuse instances this release renders but does not deploy (a service manager other
+        than systemd).
+    type: bool
+    default: false
+  sources:
+    description:
+      - Also resolve where each model and engine wheel comes from, as
+        M(vllama.provision.vllama_sources) does, and set the C(_vllama_sources) fact.
+    type: bool
+    default: false
 notes:
   - An action plugin that runs on the controller with the vllama-provision Python package
     (exactly the collection's version); the roles of this collection call it.
@@ -27,6 +45,13 @@ EXAMPLES = r"""
 - name: Plan this host.
   vllama.provision.vllama_plan:
     facts: "{{ vllama_facts | default(omit) }}"
+
+- name: Validate, plan and resolve the sources of this host in one task.
+  vllama.provision.vllama_plan:
+    facts: "{{ vllama_facts | default(omit) }}"
+    validate: true
+    deployed_only: true
+    sources: true
 """
 
 RETURN = r"""
@@ -34,4 +59,13 @@ plan:
   description: The host's plan (also set as the C(_vllama_plan) fact).
   returned: success
   type: dict
+sources:
+  description: Per instance, the model's and engine wheel's source (with O(sources)).
+  returned: success and sources
+  type: dict
+problems:
+  description: What the validator refused (with O(validate)).
+  returned: when the variables are invalid
+  type: list
+  elements: str
 """

@@ -58,6 +58,13 @@ options:
         and the result has C(acquired=false) and C(held_by).
     type: dict
     default: {}
+  release_unchanged:
+    description:
+      - With O(lock_path), release the lock in the same round trip when nothing differs (no
+        phase must run), so a converged host needs no second round trip to unlock it. The
+        result then has C(released=true).
+    type: bool
+    default: false
   key_digests:
     description:
       - The key each instance's key file must hold, as the C(vllama_key_digests) filter gives
@@ -86,8 +93,13 @@ EXAMPLES = r"""
 
 RETURN = r"""
 acquired:
-  description: Whether this run holds the host lock (with C(lock_path)).
+  description: Whether this run took the host lock (with C(lock_path)).
   returned: with lock_path
+  type: bool
+released:
+  description: Whether the lock was released again because nothing differs
+    (O(release_unchanged)).
+  returned: with lock_path and release_unchanged
   type: bool
 differences:
   description: What differs from the desired state, one sentence each, prefixed by the instance.
@@ -117,7 +129,7 @@ instances:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.vllama.provision.plugins.module_utils.vllama_lock import acquire
+from ansible_collections.vllama.provision.plugins.module_utils.vllama_lock import acquire, release
 from ansible_collections.vllama.provision.plugins.module_utils.vllama_state import compare
 
 
@@ -130,6 +142,7 @@ def main():
         "lock_wait": {"type": "int", "default": 0},
         "break_lock": {"type": "bool", "default": False},
         "lock": {"type": "dict", "default": {}},
+        "release_unchanged": {"type": "bool", "default": False},
     }, supports_check_mode=True)
     lock = module.params["lock"]
     if lock:
@@ -145,6 +158,11 @@ def main():
                          module.params["key_digests"])
     except (OSError, ValueError, KeyError, TypeError) as exc:
         module.fail_json(msg=f"cannot compare the host with its desired state: {exc}")
+    if lock and module.params["release_unchanged"]:
+        # Nothing to change: the lock goes in this same round trip.
+        taken["released"] = not result["phases"]
+        if taken["released"]:
+            release(lock["path"], lock["owner"], bool(lock.get("check_mode")))
     module.exit_json(changed=False, **taken, **result)
 
 
