@@ -98,6 +98,7 @@ class HostPlan:
     models_root: str
     zfs_dataset: str
     zfs_properties: dict[str, str] = field(default_factory=dict)
+    zfs_import_dirs: list[str] = field(default_factory=list)
     stop_timeout: int = 90
     verify_prompt: str = "What is the capital of France?"
     instances: list[InstancePlan] = field(default_factory=list)
@@ -231,6 +232,8 @@ def plan_host(host: HostSpec, facts: gpu.HostFacts | None = None,
         models_root=host.var("vllama_models_root"), zfs_dataset=host.var("vllama_zfs_dataset"),
         zfs_properties=zfs.normalize_properties(host.var("vllama_zfs_properties"))
         if host.var("vllama_zfs_dataset") else {},
+        zfs_import_dirs=list(host.var("vllama_zfs_import_dirs") or [])
+        if host.var("vllama_zfs_dataset") else [],
         stop_timeout=host.var("vllama_stop_timeout"),
         verify_prompt=host.var("vllama_verify_prompt"), checks=checks)
     if facts is not None and platform is not None and declared not in PLATFORMS:

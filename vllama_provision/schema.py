@@ -163,6 +163,11 @@ HOST_OPTIONS: tuple[Option, ...] = (
            "from the parent dataset. Preflight refuses a value the pool does not support (zfs-fuse "
            "and other pools before feature flags: no lz4, recordsize at most 128K, no xattr=sa).",
            default=dict(DEFAULT_ZFS_PROPERTIES)),
+    Option("vllama_zfs_import_dirs", "list",
+           "Folders `zpool import -d` also searches for the devices of a pool that exists but "
+           "is not imported (with vllama_zfs_dataset; a host rebuilt on its surviving disks). "
+           "Empty: the default device scan only.",
+           default=[], elements="str"),
     Option("vllama_platform", "str", "Host platform. auto: from the host's facts.",
            default="auto", choices=("auto", "linux-nvidia", "linux-cpu", "macos-arm64")),
     Option("vllama_os", "str", "Operating system release, for `bundle` (which contacts no "

@@ -1,6 +1,6 @@
 """ZFS model volumes: dataset names, property grammar, what a pool supports, and garbage collection.
 
-Everything here is pure (no host is contacted), so the same rules serve three callers:
+Everything here is pure (no host is contacted), so the same rules serve these callers:
 
 * the static checks (``validate``), run by the CLI before any host is contacted: dataset name
   grammar, property names and values, giving exit 2 with a clear message;
@@ -8,7 +8,10 @@ Everything here is pure (no host is contacted), so the same rules serve three ca
   from ``zpool get all`` / ``zfs get all`` (pool version, feature flags, known properties), so
   that an unsupported property (``lz4`` on zfs-fuse's pool version 23, ``recordsize`` above 128K
   without ``large_blocks``) is refused before anything changes;
-* garbage collection (``unreferenced``): the model datasets no release references any more.
+* garbage collection (``unreferenced``): the model datasets no release references any more;
+* a pool that exists but is not imported (``pool_import``): imported when the controller's
+  record (the one file this module writes, under the controller's state folder) says this
+  host last used it.
 
 ``zfs_facts``/``zpool_facts`` are not used: they fail on zfs-fuse, and the preflight must read
 old pools too.
@@ -17,9 +20,12 @@ old pools too.
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from vllama_provision.errors import Problem, suggest
@@ -390,9 +396,12 @@ def preflight_refusals(parent: str, props: Mapping[str, str], facts: Mapping[str
                 f"{DATASET_VARIABLE} empty for plain folders"]
     if not pool_facts.get("exists"):
         pools = ", ".join(pool_facts.get("pools") or []) or "none"
+        importable = ", ".join(f"{p.get('name')} (id {p.get('id')})"
+                               for p in pool_facts.get("importable") or []) or "none"
         return [f"{DATASET_VARIABLE}: pool {pool!r} does not exist on this host (its pools: "
                 f"{pools}); create it (zpool create {pool} ...) or name a dataset of an existing "
-                "pool"]
+                f"pool; nor can it be imported (importable pools: {importable}; for devices "
+                "outside /dev, such as files, set vllama_zfs_import_dirs)"]
     refusals = pool_refusals(PoolInfo.from_facts(pool_facts), props)
     states = {d["name"]: d for d in facts.get("datasets") or []}
     missing_bytes = 0
@@ -424,3 +433,81 @@ def preflight_refusals(parent: str, props: Mapping[str, str], facts: Mapping[str
         refusals.append(f"pool {pool!r} has {available / 1048576:.1f} MiB available; the models "
                         f"to stage need {missing_bytes / 1048576:.1f} MiB")
     return refusals
+
+
+# --- a pool that exists but is not imported (a host rebuilt on its surviving disks) ---
+#
+# The controller records, per inventory host, the pool (name and GUID) each run found imported
+# there. A rebuilt host's pool is not imported (its old OS never exported it), and ZFS says it
+# was "last accessed by another system" (the new OS has another hostid): it is imported, with
+# -f, only when the controller's record says this inventory host last used that very pool;
+# otherwise the host is refused with the command to run.
+
+POOL_RECORDS = "zfs-pools"
+
+
+@dataclass(frozen=True)
+class PoolImport:
+    """What to do about a pool that is not imported: import it (``pool_id``, ``force``),
+    refuse (``refusal``), or neither (no importable pool has its name)."""
+
+    pool_id: str = ""
+    force: bool = False
+    refusal: str = ""
+
+
+def import_command(pool_id: str, dirs: Iterable[str], force: bool) -> str:
+    return " ".join(["zpool import", *(f"-d {d}" for d in dirs), *(["-f"] if force else []),
+                     pool_id])
+
+
+def pool_import(pool: str, importable: Iterable[Mapping[str, Any]],
+                record: Mapping[str, Any] | None, dirs: Iterable[str] = ()) -> PoolImport:
+    """Decide about ``pool`` (not imported) from what ``zpool import`` lists and the
+    controller's record of this host's pool."""
+    dirs = list(dirs)
+    found = [p for p in importable if p.get("name") == pool]
+    if not found:
+        return PoolImport()  # nothing to import: the preflight says the pool does not exist
+    if len(found) > 1:
+        ids = ", ".join(str(p.get("id")) for p in found)
+        return PoolImport(refusal=(
+            f"{DATASET_VARIABLE}: {len(found)} importable pools are named {pool!r} (ids {ids}); "
+            "import the right one yourself: " + import_command("ID", dirs, True)))
+    candidate = found[0]
+    pool_id, foreign = str(candidate.get("id") or ""), bool(candidate.get("foreign"))
+    mine = bool(record) and record.get("pool") == pool and str(record.get("guid")) == pool_id
+    if str(candidate.get("state") or "ONLINE") != "ONLINE":
+        return PoolImport(refusal=(
+            f"{DATASET_VARIABLE}: pool {pool!r} (id {pool_id}) is importable but "
+            f"{candidate.get('state')}; repair it, then: {import_command(pool_id, dirs, foreign)}"))
+    if not mine:
+        last = "last accessed by another system" if foreign else "exported"
+        return PoolImport(refusal=(
+            f"{DATASET_VARIABLE}: pool {pool!r} (id {pool_id}, {last}) is not imported, and "
+            "the controller has no record of this host using it; if it is this host's, import "
+            f"it: {import_command(pool_id, dirs, foreign)}"))
+    return PoolImport(pool_id=pool_id, force=foreign)
+
+
+def pool_record_path(state_dir: Path, host: str) -> Path:
+    return state_dir / POOL_RECORDS / f"{host}.json"
+
+
+def load_pool_record(state_dir: Path, host: str) -> dict[str, Any] | None:
+    try:
+        data = json.loads(pool_record_path(state_dir, host).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def save_pool_record(state_dir: Path, host: str, pool: str, guid: str) -> None:
+    """Record that ``host`` uses ``pool`` (GUID ``guid``); rewritten only when it changed."""
+    if not guid or load_pool_record(state_dir, host) == {"pool": pool, "guid": guid}:
+        return
+    path = pool_record_path(state_dir, host)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp.write_text(json.dumps({"pool": pool, "guid": guid}) + "\n", encoding="utf-8")
+    os.replace(tmp, path)

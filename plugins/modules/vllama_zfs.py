@@ -8,15 +8,18 @@ property a pool supports, which dataset is unreferenced) live on the controller 
 
 States:
 
-* ``facts``: the pool (exists, version, feature flags, known properties, free bytes), the
-  parent dataset, the state of each named model dataset (exists, made by the tool, sealed,
-  mountpoint, a conflicting folder), the tool's model datasets under the parent, and the store
-  folders the host's releases reference. Changes nothing.
+* ``facts``: the pool (exists, GUID, version, feature flags, known properties, free bytes;
+  when it is not imported, the pools ``zpool import`` could import), the parent dataset, the
+  state of each named model dataset (exists, made by the tool, sealed, mountpoint, a
+  conflicting folder), the tool's model datasets under the parent, and the store folders the
+  host's releases reference. Changes nothing.
 * ``present``: create a model dataset (parent first, ``mountpoint=none`` when the tool creates
   it) with its properties, its mountpoint and the tool's marks; mount it. An existing dataset is
   never modified (its properties stay those of its creation).
 * ``sealed``: snapshot ``@staged``, set ``readonly=on``, then mark the dataset sealed
   (``org.vllama:sealed``); a sealed dataset is left alone.
+* ``imported``: import a pool by its numeric id (``-f`` with ``force``, searching
+  ``import_dirs`` too), as the controller decided (``vllama_provision.zfs.pool_import``).
 * ``absent``: destroy model datasets (with their snapshots), only those the tool made, and remove
   their then empty mount folders.
 """
@@ -32,7 +35,7 @@ options:
   state:
     description: What to do.
     type: str
-    choices: [facts, present, sealed, absent]
+    choices: [facts, present, sealed, imported, absent]
     default: facts
   parent:
     description: The parent dataset (vllama_zfs_dataset); its first component is the pool.
@@ -61,6 +64,21 @@ options:
     type: list
     elements: str
     default: []
+  import_dirs:
+    description:
+      - Folders C(zpool import -d) searches for a pool's devices besides the default ones
+        (facts of a pool that is not imported, imported).
+    type: list
+    elements: path
+    default: []
+  pool_id:
+    description: The numeric id of the pool to import (imported).
+    type: str
+    default: ""
+  force:
+    description: Import a pool last accessed by another system (C(zpool import -f)).
+    type: bool
+    default: false
 author: vllama-provision maintainers (@vllama-provision)
 """
 
@@ -77,7 +95,9 @@ EXAMPLES = r"""
 
 RETURN = r"""
 pool:
-  description: Pool facts (exists, version, features, known_properties, available_bytes).
+  description: >-
+    Pool facts (exists, guid, version, features, known_properties, available_bytes; importable
+    when it is not imported, each with name, id, state and foreign).
   returned: state=facts
   type: dict
 datasets:
@@ -130,6 +150,28 @@ class Zfs:
             rc, out, _err = self.run([self.zpool, "list"], check=False)
             return [line.split()[0] for line in out.splitlines()[1:] if line.strip()]
         return [line.strip() for line in out.splitlines() if line.strip()]
+
+    def importable(self, dirs):
+        """The pools ``zpool import`` lists (name, id, state, foreign: last accessed by another
+        system); OpenZFS and zfs-fuse print the same blocks."""
+        argv = [self.zpool, "import"]
+        for folder in dirs:
+            argv += ["-d", folder]
+        _rc, out, _err = self.run(argv, check=False)
+        pools, current = [], None
+        for line in out.splitlines():
+            key, sep, value = line.strip().partition(":")
+            if not sep:
+                continue
+            key, value = key.strip(), value.strip()
+            if key == "pool":
+                current = {"name": value, "id": "", "state": "", "foreign": False}
+                pools.append(current)
+            elif current is not None and key in ("id", "state"):
+                current[key] = value
+            elif current is not None and key == "status":
+                current["foreign"] = "another system" in value
+        return pools
 
     def pool_props(self, pool):
         """``zpool get all POOL``: every property, including feature@* on OpenZFS."""
@@ -240,6 +282,7 @@ def facts(module, zfs):
     info = {"name": pool, "exists": pool in pools, "pools": pools}
     if info["exists"]:
         props = zfs.pool_props(pool)
+        info["guid"] = props.get("guid", "")
         info["version"] = props.get("version", "-")
         info["features"] = {k.split("@", 1)[1]: v for k, v in props.items()
                             if k.startswith("feature@")}
@@ -250,6 +293,8 @@ def facts(module, zfs):
         info["parent_exists"] = parent is not None
         result["datasets"] = [dataset_state(zfs, d, p["snapshot"]) for d in p["datasets"]]
         result["children"] = zfs.children(p["parent"]) if parent is not None else []
+    else:
+        info["importable"] = zfs.importable(p["import_dirs"])
     result["pool"] = info
     return result
 
@@ -352,16 +397,35 @@ def absent(module, zfs):
     module.exit_json(changed=bool(done), datasets=done)
 
 
+def imported(module, zfs):
+    p = module.params
+    pool = p["parent"].split("/")[0]
+    if pool in zfs.pools():
+        module.exit_json(changed=False, msg=f"pool {pool} is imported")
+    argv = [zfs.zpool, "import"]
+    for folder in p["import_dirs"]:
+        argv += ["-d", folder]
+    argv += (["-f"] if p["force"] else []) + [p["pool_id"]]
+    if not module.check_mode:
+        zfs.run(argv)
+        if pool not in zfs.pools():
+            module.fail_json(msg=f"`{' '.join(argv)}` imported no pool named {pool}")
+    module.exit_json(changed=True, msg=f"imported pool {pool} (id {p['pool_id']})")
+
+
 def main():
     module = AnsibleModule(argument_spec={
         "state": {"type": "str", "default": "facts",
-                  "choices": ["facts", "present", "sealed", "absent"]},
+                  "choices": ["facts", "present", "sealed", "imported", "absent"]},
         "parent": {"type": "str", "required": True},
         "datasets": {"type": "list", "elements": "dict", "default": []},
         "properties": {"type": "dict", "default": {}},
         "snapshot": {"type": "str", "default": "staged"},
         "install_root": {"type": "path"},
         "names": {"type": "list", "elements": "str", "default": []},
+        "import_dirs": {"type": "list", "elements": "path", "default": []},
+        "pool_id": {"type": "str", "default": ""},
+        "force": {"type": "bool", "default": False},
     }, supports_check_mode=True)
     zfs = Zfs(module)
     state = module.params["state"]
@@ -369,7 +433,8 @@ def main():
         module.exit_json(**facts(module, zfs))
     if not (zfs.zfs and zfs.zpool):
         module.fail_json(msg="this host has no zfs/zpool commands")
-    {"present": present, "sealed": sealed, "absent": absent}[state](module, zfs)
+    {"present": present, "sealed": sealed, "imported": imported,
+     "absent": absent}[state](module, zfs)
 
 
 if __name__ == "__main__":

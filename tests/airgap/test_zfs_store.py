@@ -11,7 +11,10 @@ in order on it and build on each other:
 4. a second apply changes nothing (no new dataset, snapshot, release or restart);
 5. other model content makes a second dataset and a new release; the first stays;
 6. garbage collection keeps every dataset a release references, then, once the old release is
-   gone, destroys the first dataset and nothing else (not a dataset the tool did not make).
+   gone, destroys the first dataset and nothing else (not a dataset the tool did not make);
+7. the host is rebuilt on its surviving pool (last: it stops the first host's ZFS): a fresh
+   host given the pool's disk imports it only under the inventory name that last used it,
+   and reuses every model dataset.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from e2e.conftest import ROOT, SMOLLM2, smollm2_instance, write_inventory
 from labtools import ANSIBLE_ENV, BIN, explain
 
@@ -32,8 +36,9 @@ from vllama_provision import paths
 from vllama_provision.lab.handle import Lab, LabHost
 from vllama_provision.modelref import parse_model
 from vllama_provision.models import fetch_pypi, sha256_file
+from vllama_provision.verify import read_key
 
-from .zfs_lab import POOL, zfs_host
+from .zfs_lab import POOL, POOL_FILE, install_zfs_fuse, zfs_host
 
 pytestmark = pytest.mark.lab
 
@@ -308,3 +313,55 @@ def test_gc_destroys_only_datasets_no_release_references(host: LabHost, lab: Lab
     assert host.ssh(f"test -e {old_mount}; echo $?").stdout.strip() == "1"
     # The engine still serves from the dataset its release references.
     assert host.ssh("systemctl is-active vllama-smollm2.service").stdout.strip() == "active"
+
+
+def test_a_rebuilt_host_imports_its_pool_and_reuses_every_model(
+        host: LabHost, lab: Lab, inv_dir: Path, run_cli: Any, lab_factory: Any) -> None:
+    """The host's OS is reinstalled while the pool's disk survives, never exported (the old OS
+    went down with the pool imported): a fresh host gets the pool's file, so ZFS says it was
+    last accessed by another system. Under an inventory name the controller never saw use
+    that pool, the host is refused with the command to run, and nothing is imported. Under
+    the old name the pool is imported (-f), every model dataset is reused (none created,
+    none restaged), the API key comes back from the controller, and the next apply changes
+    nothing."""
+    key = read_key(host.name, "smollm2")
+    datasets = sorted(_datasets(host))
+    snapshots = host.ssh(f"zfs list -H -t snapshot -o name -r {POOL}").stdout.split()
+    new = lab_factory(1, fuse=True).hosts[0]
+    install_zfs_fuse(new)
+    host.ssh("systemctl stop vllama-smollm2.service zfs-fuse")
+    folder = str(Path(POOL_FILE).parent)
+    sender = subprocess.Popen([*host.ssh_argv(), f"tar -C {folder} -cSf - ."],
+                              stdout=subprocess.PIPE)
+    receiver = subprocess.run([*new.ssh_argv(), f"mkdir -p {folder} && tar -C {folder} -xSf -"],
+                              stdin=sender.stdout, capture_output=True, check=False)
+    assert sender.wait() == 0 and receiver.returncode == 0, receiver.stderr
+    assert new.ssh("zpool list -H -o name").stdout.split() == []
+
+    # The inventory the host was last applied with (the other content's).
+    last = yaml.safe_load((inv_dir / "other.yml").read_text())
+    entry = {**last["all"]["hosts"][host.name], "ansible_host": new.address,
+             "vllama_zfs_import_dirs": [folder]}
+
+    stranger = inv_dir / "stranger.yml"
+    stranger.write_text(yaml.safe_dump({"all": {"hosts": {"stranger": entry}}}))
+    refused = run_cli("apply", str(stranger))
+    assert refused.rc != 0, refused.stderr
+    report = refused.host("stranger")
+    assert report["status"] == "refused", report
+    assert "no record of this host using it" in report["error"], report["error"]
+    assert f"zpool import -d {folder} -f " in report["error"], report["error"]
+    assert new.ssh("zpool list -H -o name").stdout.split() == []
+
+    rebuilt = inv_dir / "rebuilt.yml"
+    rebuilt.write_text(yaml.safe_dump({"all": {"hosts": {host.name: entry}}}))
+    result = run_cli("apply", str(rebuilt))
+    assert result.rc == 0, result.stderr
+    inst = result.instance(host.name, "smollm2")
+    assert inst["verified"] is True and "controller" in inst["verified_from"]
+    assert new.ssh("zpool list -H -o name").stdout.split() == [POOL]
+    assert sorted(_datasets(new)) == datasets
+    assert new.ssh(f"zfs list -H -t snapshot -o name -r {POOL}").stdout.split() == snapshots
+    assert new.ssh("cat /var/lib/vllama/secrets/smollm2.key").stdout.strip() == key
+    again = run_cli("apply", str(rebuilt))
+    assert again.rc == 0 and again.host(host.name)["changed"] == 0, again.host(host.name)

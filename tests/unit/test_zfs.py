@@ -181,7 +181,9 @@ def test_preflight_without_zfs_tools_or_pool() -> None:
         "plain folders"]
     assert zfs.preflight_refusals("tank/m", {}, _facts(exists=False, pools=["data"]), [WANT]) == [
         "vllama_zfs_dataset: pool 'tank' does not exist on this host (its pools: data); create "
-        "it (zpool create tank ...) or name a dataset of an existing pool"]
+        "it (zpool create tank ...) or name a dataset of an existing pool; nor can it be "
+        "imported (importable pools: none; for devices outside /dev, such as files, set "
+        "vllama_zfs_import_dirs)"]
 
 
 def test_preflight_refuses_datasets_it_must_not_touch() -> None:
@@ -264,3 +266,52 @@ def test_an_unpinned_hugging_face_model_on_zfs_is_warned_about() -> None:
         "vllama_platform": "linux-cpu", "vllama_zfs_dataset": "tank/m",
         "vllama_instances": [{**inst, "model": "Org/Name@abc123"}]}))
     assert not [c for c in pinned.all_checks() if c.level == "warn"]
+
+
+# --- a pool that exists but is not imported (a rebuilt host) ---
+
+TANK = {"name": "tank", "id": "1295", "state": "ONLINE", "foreign": True}
+
+
+def test_a_pool_this_host_last_used_is_imported_with_force() -> None:
+    decision = zfs.pool_import("tank", [TANK], {"pool": "tank", "guid": "1295"})
+    assert decision == zfs.PoolImport(pool_id="1295", force=True)
+    exported = {**TANK, "foreign": False}
+    assert zfs.pool_import("tank", [exported], {"pool": "tank", "guid": "1295"}) == \
+        zfs.PoolImport(pool_id="1295", force=False)
+
+
+@pytest.mark.parametrize("record", [None, {"pool": "tank", "guid": "9999"},
+                                    {"pool": "other", "guid": "1295"}])
+def test_a_pool_without_this_hosts_record_is_refused_with_the_command(record: Any) -> None:
+    decision = zfs.pool_import("tank", [TANK], record, ["/var/lib/zfs-lab"])
+    assert not decision.pool_id
+    assert "no record of this host using it" in decision.refusal
+    assert "last accessed by another system" in decision.refusal
+    assert decision.refusal.endswith("zpool import -d /var/lib/zfs-lab -f 1295")
+
+
+def test_a_pool_nobody_can_import_is_missing_and_the_refusal_names_what_is_importable() -> None:
+    other = {**TANK, "name": "scratch", "id": "42"}
+    assert zfs.pool_import("tank", [other], None, ["/srv/disks"]) == zfs.PoolImport()
+    (refusal,) = zfs.preflight_refusals("tank/ai", {}, {"tools": True, "pool": {
+        "name": "tank", "exists": False, "pools": ["data"], "importable": [other]}}, [])
+    assert "pool 'tank' does not exist on this host (its pools: data)" in refusal
+    assert "importable pools: scratch (id 42)" in refusal
+    assert "vllama_zfs_import_dirs" in refusal
+
+
+def test_two_importable_pools_of_one_name_and_a_degraded_pool_are_refused() -> None:
+    twins = [TANK, {**TANK, "id": "77"}]
+    assert "2 importable pools are named 'tank'" in zfs.pool_import("tank", twins, None).refusal
+    degraded = {**TANK, "state": "DEGRADED"}
+    refusal = zfs.pool_import("tank", [degraded], {"pool": "tank", "guid": "1295"}).refusal
+    assert "importable but DEGRADED" in refusal
+
+
+def test_the_pool_record_is_kept_per_host(tmp_path: Any) -> None:
+    assert zfs.load_pool_record(tmp_path, "gpu-01") is None
+    zfs.save_pool_record(tmp_path, "gpu-01", "tank", "1295")
+    assert zfs.load_pool_record(tmp_path, "gpu-01") == {"pool": "tank", "guid": "1295"}
+    assert zfs.load_pool_record(tmp_path, "gpu-02") is None
+    assert (tmp_path / "zfs-pools").stat().st_mode & 0o077 == 0
