@@ -18,11 +18,10 @@ import hashlib
 from ansible.module_utils.parsing.convert_bool import boolean
 from ansible.plugins.action import ActionBase
 from ansible_collections.vllama.provision.plugins.plugin_utils.vllama_package import require_package
-from ansible_collections.vllama.provision.plugins.plugin_utils.vllama_sources import resolve
+from ansible_collections.vllama.provision.plugins.plugin_utils.vllama_sources import resolve_into
 
 try:  # the vllama-provision package, in exactly this collection's version (checked at run)
     from vllama_provision import gpu
-    from vllama_provision.errors import VllamaError
     from vllama_provision.inventory import HostSpec, host_vars_from_task, to_plain
     from vllama_provision.planner import EngineOverride, plan_host
     from vllama_provision.render import MANAGED, render_host
@@ -87,16 +86,6 @@ class ActionModule(ActionBase):
         else:
             result["msg"] = f"{len(data['instances'])} instance(s) planned on {data['platform']}"
             if boolean(args.get("sources", False), strict=False):
-                self._sources(result, data, facts or {}, task_vars)
+                resolve_into(result, data, facts or {}, task_vars, self._templar)
         return result
 
-    def _sources(self, result, plan, facts, task_vars):
-        bundle = task_vars.get("vllama_run_bundle")
-        try:
-            sources, extra = resolve(plan, facts,
-                                     to_plain(self._templar.template(bundle)) if bundle else None)
-        except VllamaError as exc:
-            result.update(failed=True, msg=str(exc))
-            return
-        result.update(sources=sources)
-        result["ansible_facts"].update(_vllama_sources=sources, **extra)

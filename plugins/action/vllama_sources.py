@@ -11,10 +11,9 @@ from __future__ import annotations
 
 from ansible.plugins.action import ActionBase
 from ansible_collections.vllama.provision.plugins.plugin_utils.vllama_package import require_package
-from ansible_collections.vllama.provision.plugins.plugin_utils.vllama_sources import resolve
+from ansible_collections.vllama.provision.plugins.plugin_utils.vllama_sources import resolve_into
 
 try:  # the vllama-provision package, in exactly this collection's version (checked at run)
-    from vllama_provision.errors import VllamaError
     from vllama_provision.inventory import to_plain
 except ImportError as exc:
     VLLAMA_IMPORT_ERROR = exc
@@ -32,13 +31,6 @@ class ActionModule(ActionBase):
         task_vars = task_vars or {}
         plan = to_plain(self._templar.template(task_vars["_vllama_plan"]))
         facts = to_plain(self._templar.template(task_vars.get("vllama_facts") or {}))
-        bundle = task_vars.get("vllama_run_bundle")
-        try:
-            sources, extra = resolve(plan, facts,
-                                     to_plain(self._templar.template(bundle)) if bundle else None)
-        except VllamaError as exc:
-            result.update(failed=True, msg=str(exc))
-            return result
-        result.update(changed=False, sources=sources,
-                      ansible_facts={"_vllama_sources": sources, **extra})
+        result["changed"] = False
+        resolve_into(result, plan, facts, task_vars, self._templar)
         return result

@@ -24,6 +24,25 @@ def resolve(plan, facts, bundle=None):
     return {inst["name"]: _instance(plan, facts, inst) for inst in plan["instances"]}, {}
 
 
+def resolve_into(result, plan, facts, task_vars, templar):
+    """Resolve the sources of ``plan`` for an action's ``result``: ``sources`` and the
+    ``_vllama_sources`` fact (with ``_vllama_bundle_host`` for apply --bundle), or a failure
+    naming what could not be resolved. Returns whether it succeeded."""
+    from vllama_provision.errors import VllamaError
+    from vllama_provision.inventory import to_plain
+
+    bundle = task_vars.get("vllama_run_bundle")
+    try:
+        sources, extra = resolve(plan, facts,
+                                 to_plain(templar.template(bundle)) if bundle else None)
+    except VllamaError as exc:
+        result.update(failed=True, msg=str(exc))
+        return False
+    result["sources"] = sources
+    result.setdefault("ansible_facts", {}).update(_vllama_sources=sources, **extra)
+    return True
+
+
 def _instance(plan, facts, inst):
     from vllama_provision import nvidia, wheelhouse
     from vllama_provision.models import resolve_source
