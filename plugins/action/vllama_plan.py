@@ -88,4 +88,3 @@ class ActionModule(ActionBase):
             if boolean(args.get("sources", False), strict=False):
                 resolve_into(result, data, facts or {}, task_vars, self._templar)
         return result
-
