@@ -35,6 +35,14 @@ options:
   models_root:
     description: The plain-folder model store (for C(prune)).
     type: path
+  keep_aside:
+    description:
+      - Damaged store copies moved aside by this run (C(.damaged-NAME-TIME), from
+        M(vllama.provision.vllama_model_check)), kept for inspection through it; C(prune) removes
+        every other one under O(models_root).
+    type: list
+    elements: path
+    default: []
   history:
     description: The history file (JSON list of records).
     type: path
@@ -295,6 +303,7 @@ def prune(params, check):
         if os.path.realpath(path) not in referenced_engines:
             freed += _remove(path, removed, check)
     models_root = params.get("models_root")
+    keep_aside = {os.path.normpath(p) for p in params.get("keep_aside") or []}
     if models_root and os.path.isdir(models_root):
         for slug in sorted(os.listdir(models_root)):
             slug_dir = os.path.join(models_root, slug)
@@ -305,6 +314,9 @@ def prune(params, check):
                 path = os.path.join(slug_dir, key)
                 if not os.path.isdir(path) or os.path.ismount(path):
                     continue
+                if key.startswith(".damaged-") and os.path.normpath(path) not in keep_aside:
+                    freed += _remove(path, removed, check)  # a damaged folder model's copy
+                    continue
                 real = os.path.realpath(path)
                 if _store_key(key) and not any(
                         ref == real or ref.startswith(real + "/") or real.startswith(ref + "/")
@@ -312,8 +324,11 @@ def prune(params, check):
                     freed += _remove(path, removed, check)
                     continue
                 for file in os.listdir(path):
-                    if file.startswith(".partial-"):
-                        freed += _remove(os.path.join(path, file), removed, check)
+                    aside = os.path.join(path, file)
+                    if file.startswith(".partial-") or (file.startswith(".damaged-")
+                                                        and os.path.normpath(aside)
+                                                        not in keep_aside):
+                        freed += _remove(aside, removed, check)
             if not check and len(removed) > removed_here and not os.listdir(slug_dir):
                 os.rmdir(slug_dir)
     return {"changed": bool(removed), "removed": removed, "freed_bytes": freed}
@@ -326,6 +341,7 @@ def main():
                           "choices": ["inspect", "switch", "record", "prune"]},
             "install_root": {"type": "path", "required": True},
             "models_root": {"type": "path"},
+            "keep_aside": {"type": "list", "elements": "path", "default": []},
             "history": {"type": "path", "required": True},
             "instances": {"type": "list", "elements": "str"},
             "units": {"type": "dict"},

@@ -154,7 +154,8 @@ def _params(root: Path, **extra: Any) -> dict[str, Any]:
     return {"install_root": str(root / "opt"), "models_root": str(root / "models"),
             "history": str(root / "state/history.json"), "instances": None, "units": None,
             "keep": 1, "history_limit": 1000, "records": None, "previous": None,
-            "probe": False, "key_dir": None, "lock": None, "report": False, **extra}
+            "probe": False, "key_dir": None, "lock": None, "report": False, "keep_aside": [],
+            **extra}
 
 
 @pytest.fixture
@@ -223,6 +224,29 @@ def test_prune_keeps_current_previous_and_the_newest_and_frees_the_rest(
     assert not (host_tree / "models/smollm2" / ("4" * 64) / ".partial-model.gguf").exists()
     assert result["freed_bytes"] >= 1000 + 500
     assert MODULE.prune(_params(host_tree), check=False)["removed"] == []
+
+
+def test_prune_collects_damaged_copies_except_this_runs(host_tree: Path) -> None:
+    """A copy moved aside as damaged stays through the run that moved it (for inspection) and is
+    collected by a later run's prune, even inside a store folder a release still uses."""
+    base = _params(host_tree, name="chat", release="r1")
+    MODULE.switch(base)
+    MODULE.switch({**base, "release": "r2"})
+    store = host_tree / "models/smollm2" / ("2" * 64)
+    older = store / ".damaged-model.gguf-20261201T000000"
+    now = store / ".damaged-model.gguf-20261207T010203"
+    for aside in (older, now):
+        aside.write_bytes(b"d" * 300)
+    result = MODULE.prune(_params(host_tree, keep_aside=[str(now)]), check=False)
+    assert str(older) in result["removed"] and not older.exists()
+    assert now.exists() and (store / "model.gguf").exists()
+    assert str(now) in MODULE.prune(_params(host_tree), check=False)["removed"]
+    assert not now.exists() and (store / "model.gguf").exists()
+    # A folder model's damaged copy sits beside its store folder, in the model's own folder.
+    folder_aside = host_tree / "models/smollm2" / (".damaged-" + "2" * 40 + "-20261201T000000")
+    (folder_aside / "weights").mkdir(parents=True)
+    assert str(folder_aside) in MODULE.prune(_params(host_tree), check=False)["removed"]
+    assert (host_tree / "models/smollm2/notes").is_dir()
 
 
 def test_prune_never_removes_the_releases_of_an_unfinished_switch(host_tree: Path) -> None:
