@@ -1,9 +1,16 @@
 """Run the test suite tier by tier, with a timing summary and one closing count line.
 
-    python tests/run.py [TIER...]
+    python tests/run.py [--serial] [TIER...]
 
-Tiers run in order; each is a pytest run over tests/<tier>/ with the lab fixtures loaded. The
-llama.cpp engine wheel (about 10 minutes to compile on a cold machine) is built in the
+Each tier is a pytest run over tests/<tier>/ with the lab fixtures loaded. The quick tiers run
+first, one after the other; then the long lab tiers run in two lanes side by side (each lane's
+tiers in order, see LANES): they spend about half their time waiting on lab hosts, engines and
+sockets, so two of them share the 2-core machine well. Lab hosts of different tiers never meet
+(each lab has its own name and its own loopback block). A lane tier's output is written to
+<logs>/<tier>.log and printed whole when the tier ends. ``--serial`` runs every tier one after
+the other instead.
+
+The llama.cpp engine wheel (about 10 minutes to compile on a cold machine) is built in the
 background from the start, so the tiers that need it find it ready. A tier that collects no test
 fails: nothing is counted as passing unless it ran.
 """
@@ -13,6 +20,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
@@ -25,6 +33,9 @@ TIERS = ["static", "unit", "render", "collection", "lab", "molecule", "e2e", "up
 BUDGETS = {"static": 240, "unit": 180, "render": 180, "collection": 240, "lab": 180,
            "molecule": 240, "e2e": 660, "upgrade": 720, "gpu": 720, "airgap": 360}
 SUITE_BUDGET = 3600  # the whole suite, cold
+# Tiers that run side by side, one lane per list (balanced by their measured times: about 16 and
+# 17 minutes each); every other tier runs before them, alone.
+LANES = [["molecule", "e2e", "upgrade"], ["gpu", "airgap"]]
 
 
 @dataclass
@@ -63,7 +74,7 @@ def start_wheel_build(logs: Path) -> subprocess.Popen[bytes] | None:
                             stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
 
 
-def run_tier(name: str, logs: Path) -> TierResult:
+def run_tier(name: str, logs: Path, captured: bool = False) -> TierResult:
     folder = ROOT / "tests" / name
     result = TierResult(name)
     if not folder.is_dir():
@@ -74,10 +85,19 @@ def run_tier(name: str, logs: Path) -> TierResult:
     junit.unlink(missing_ok=True)
     cmd = [sys.executable, "-m", "pytest", str(folder), f"--junitxml={junit}", "-q", "-rfEs",
            "--color=no", "--durations=8", "--durations-min=20"]
-    print(f"\n=== tier {name}: pytest tests/{name}", flush=True)
     start = time.monotonic()
-    proc = subprocess.run(cmd, cwd=ROOT, check=False)
-    result.seconds = time.monotonic() - start
+    if captured:
+        _say(f"\n=== tier {name}: started (output in {logs / (name + '.log')})")
+        with (logs / f"{name}.log").open("w") as out:
+            proc = subprocess.run(cmd, cwd=ROOT, check=False, stdout=out,
+                                  stderr=subprocess.STDOUT)
+        result.seconds = time.monotonic() - start
+        _say(f"\n=== tier {name}: pytest tests/{name} ({result.seconds:.0f} s)\n"
+             + (logs / f"{name}.log").read_text(errors="replace"))
+    else:
+        print(f"\n=== tier {name}: pytest tests/{name}", flush=True)
+        proc = subprocess.run(cmd, cwd=ROOT, check=False)
+        result.seconds = time.monotonic() - start
     result.passed, result.failed, result.errors, result.skipped = _count(junit)
     if proc.returncode not in (0, 1) and result.failed == 0 and result.errors == 0:
         result.errors = 1
@@ -88,9 +108,38 @@ def run_tier(name: str, logs: Path) -> TierResult:
     return result
 
 
+_PRINT = threading.Lock()
+
+
+def _say(text: str) -> None:
+    with _PRINT:
+        print(text, flush=True)
+
+
+def run_lanes(lanes: list[list[str]], logs: Path) -> tuple[dict[str, TierResult], list[float]]:
+    """Run each lane's tiers in order, the lanes side by side; (results, each lane's seconds)."""
+    results: dict[str, TierResult] = {}
+    seconds = [0.0] * len(lanes)
+
+    def lane(index: int) -> None:
+        start = time.monotonic()
+        for name in lanes[index]:
+            results[name] = run_tier(name, logs, captured=True)
+        seconds[index] = time.monotonic() - start
+
+    threads = [threading.Thread(target=lane, args=(i,)) for i in range(len(lanes))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return results, seconds
+
+
 def main(argv: list[str]) -> int:
-    wanted = argv or TIERS
-    unknown = [t for t in wanted if t not in TIERS]
+    serial = "--serial" in argv
+    argv = [a for a in argv if a != "--serial"]
+    wanted = [t for t in TIERS if t in argv] if argv else TIERS
+    unknown = [t for t in argv if t not in TIERS]
     if unknown:
         print(f"unknown tier(s): {', '.join(unknown)}; tiers: {', '.join(TIERS)}",
               file=sys.stderr)
@@ -100,7 +149,13 @@ def main(argv: list[str]) -> int:
     needs_wheel = {"e2e", "molecule", "upgrade", "gpu", "airgap"} & set(wanted)
     builder = start_wheel_build(logs) if needs_wheel else None
     started = time.monotonic()
-    results = [run_tier(name, logs) for name in wanted]
+    laned = {t for lane in LANES for t in lane} if not serial else set()
+    done = {name: run_tier(name, logs) for name in wanted if name not in laned}
+    lanes = [[t for t in lane if t in wanted] for lane in LANES if not serial]
+    lanes = [lane for lane in lanes if lane]
+    laned_results, lane_seconds = run_lanes(lanes, logs)
+    done.update(laned_results)
+    results = [done[name] for name in wanted]
     if builder is not None and builder.poll() is None:
         builder.terminate()
     total = time.monotonic() - started
@@ -109,9 +164,13 @@ def main(argv: list[str]) -> int:
         state = "ok" if r.ok else "FAILED"
         if r.seconds > BUDGETS[r.name]:
             state += ", OVER BUDGET"  # loud, not fatal: the machine's speed varies
+            if r.name in laned:
+                state += " (its budget is alone; it shared the machine with another lane)"
         print(f"  {r.name:<9} {r.seconds:7.1f}s / {BUDGETS[r.name]:>4}s  {r.passed:>4} passed "
               f"{r.failed:>3} failed {r.errors:>3} errors {r.skipped:>3} skipped  {state}"
               + (f"  ({r.note})" if r.note else ""))
+    for lane, seconds in zip(lanes, lane_seconds, strict=True):
+        print(f"  lane      {seconds:7.1f}s          {' -> '.join(lane)} (side by side)")
     over = ", OVER BUDGET" if total > SUITE_BUDGET else ""
     print(f"  total     {total:7.1f}s / {SUITE_BUDGET}s{over}")
     passed = sum(r.passed for r in results)

@@ -69,6 +69,10 @@ def _molecule_test(scenario: str, steps: tuple[str, ...], destroy: bool = True) 
             pytest.fail(message, pytrace=False)
         pytest.skip(message)
     env = _env()
+    # A run killed earlier (a timeout, a cancelled job) leaves the scenario's ephemeral state
+    # behind, and molecule would take its lab for one that exists: start from none.
+    subprocess.run([str(molecule), "reset", "--scenario-name", scenario], cwd=REPO, env=env,
+                   capture_output=True, timeout=300, check=False)
     # Its own session, so a timeout stops molecule AND its ansible-playbook children; then the
     # lab is taken down (molecule's destroy never ran) before the test fails.
     proc = subprocess.Popen([str(molecule), "test", "--scenario-name", scenario,
