@@ -47,7 +47,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from vllama_provision import paths, wheelhouse  # noqa: E402
+from vllama_provision import paths, verify, wheelhouse  # noqa: E402
 from vllama_provision.lab import labs  # noqa: E402
 from vllama_provision.lab.system import require_lab_machine  # noqa: E402
 
@@ -57,7 +57,7 @@ INSTANCE: dict[str, Any] = {"name": "smollm2", "engine": "llamacpp", "model": SM
                             "ctx_size": 2048}
 BUILD_TASK = "Build the engine wheel"
 PROMPT = "What is the capital of France?"  # the role's vllama_verify_prompt default
-MAX_TOKENS = 32  # the role's verify module default
+MAX_TOKENS = verify.MAX_TOKENS  # the verification contract (controller and host alike)
 CLI_TIMEOUT = 3600.0
 
 # Runs on the lab host (python3 is there for Ansible): the verify module's streamed request, timed

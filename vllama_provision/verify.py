@@ -32,8 +32,9 @@ from vllama_provision import paths
 from vllama_provision.report import Report
 
 # Part of the verification contract: the completion is short (the answer proves the model
-# generates; its speed is measured over these tokens) and the same everywhere.
-MAX_TOKENS = 16
+# generates; its speed is measured over these tokens) and the same everywhere: the role's
+# vllama_verify module streams the same completion on the host (its max_tokens default).
+MAX_TOKENS = 8
 UNKNOWN_MODEL = "vllama-verify-no-such-model"
 READY_TIMEOUT = 30.0  # an engine `verify` finds starting gets this long to become ready
 REQUEST_TIMEOUT = 120.0

@@ -3,8 +3,9 @@
 
 Per instance: wait until the engine is ready (each server has its own probe), check that
 ``/v1/models`` lists exactly the served name, that the endpoint refuses a request without the
-key, that a real chat completion answers, and that a streamed one does (time to first token and
-tokens per second are measured). The key is read from the instance's key file on the host and
+key, and that one real streamed chat completion answers with text (its time to first token and
+tokens per second are measured): the controller's verification contract (vllama_provision.verify),
+checked from the host. The key is read from the instance's key file on the host and
 never returned.
 """
 
@@ -30,9 +31,11 @@ options:
     type: int
     default: 600
   max_tokens:
-    description: Tokens to generate in the test completions.
+    description:
+      - Most tokens the one streamed test completion generates. The verification contract (the
+        same from the controller) is 8, enough for a short answer and its speed.
     type: int
-    default: 32
+    default: 8
 author: vllama-provision maintainers (@vllama-provision)
 """
 
@@ -122,23 +125,13 @@ def check_unknown_model(base, key):
                          f"{status}, expected 404")
 
 
-def chat(base, key, served, prompt, max_tokens):
-    body = {"model": served, "temperature": 0, "max_tokens": max_tokens,
-            "messages": [{"role": "user", "content": prompt}]}
-    with _request(base + "/v1/chat/completions", key, body, timeout=300) as resp:
-        data = json.loads(resp.read())
-    answer = (data.get("choices") or [{}])[0].get("message", {}).get("content") or ""
-    if not answer.strip():
-        raise ProbeError("the chat completion returned no text")
-    return answer.strip()
-
-
 def stream(base, key, served, prompt, max_tokens):
+    """One streamed chat completion: (answer, time to first token in ms, tokens per second)."""
     body = {"model": served, "temperature": 0, "max_tokens": max_tokens, "stream": True,
             "messages": [{"role": "user", "content": prompt}]}
     start = time.monotonic()
     first = None
-    chunks = 0
+    parts = []
     with _request(base + "/v1/chat/completions", key, body, timeout=300) as resp:
         for raw in resp:
             line = raw.decode("utf-8", errors="replace").strip()
@@ -149,14 +142,15 @@ def stream(base, key, served, prompt, max_tokens):
                 break
             delta = (json.loads(payload).get("choices") or [{}])[0].get("delta") or {}
             if delta.get("content"):
-                chunks += 1
+                parts.append(delta["content"])
                 if first is None:
                     first = time.monotonic()
     end = time.monotonic()
-    if first is None:
-        raise ProbeError("the streamed completion returned no text")
-    rate = (chunks - 1) / (end - first) if chunks > 1 and end > first else None
-    return round((first - start) * 1000, 1), (round(rate, 1) if rate else None)
+    answer = "".join(parts).strip()
+    if first is None or not answer:
+        raise ProbeError("the streamed chat completion returned no text")
+    rate = (len(parts) - 1) / (end - first) if len(parts) > 1 and end > first else None
+    return answer, round((first - start) * 1000, 1), (round(rate, 1) if rate else None)
 
 
 def verify_one(inst, prompt, timeout, max_tokens):
@@ -175,9 +169,8 @@ def verify_one(inst, prompt, timeout, max_tokens):
         if inst["readiness"].get("rejects_unknown_model"):
             check_unknown_model(base, key)
             out["unknown_model_rejected"] = True
-        out["answer"] = chat(base, key, inst["served_name"], prompt, max_tokens)
-        out["ttft_ms"], out["tokens_per_s"] = stream(base, key, inst["served_name"], prompt,
-                                                     max_tokens)
+        out["answer"], out["ttft_ms"], out["tokens_per_s"] = stream(
+            base, key, inst["served_name"], prompt, max_tokens)
         out["verified"] = True
         out["verified_from"] = ["host"]
     except ProbeError as exc:
@@ -192,7 +185,7 @@ def main():
         "instances": {"type": "list", "elements": "dict", "required": True},
         "prompt": {"type": "str", "default": "What is the capital of France?"},
         "timeout": {"type": "int", "default": 600},
-        "max_tokens": {"type": "int", "default": 32, "no_log": False},
+        "max_tokens": {"type": "int", "default": 8, "no_log": False},
     }, supports_check_mode=True)
     if module.check_mode:
         module.exit_json(changed=False, skipped=True, instances=[],

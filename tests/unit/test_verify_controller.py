@@ -8,6 +8,7 @@ completion included); the engines themselves are verified from the controller in
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import threading
 from collections.abc import Iterator
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
+import yaml
 
 from vllama_provision import cli_common, verify
 from vllama_provision.report import Report
@@ -139,3 +141,24 @@ def test_many_instances_are_checked_at_once_and_each_fails_for_its_own_reason(
     assert (refused.reachable, refused.verified) == (False, False)
     assert refused.detail.startswith("not reachable from the controller")
     assert sorted(_Endpoint.prompts) == ["q1", "q5"]
+
+
+def test_the_host_side_module_streams_the_same_completion(endpoint: str, tmp_path: Path) -> None:
+    """One contract: the role's vllama_verify module asks, on the host, the one streamed
+    completion of MAX_TOKENS tokens the controller asks (the stand-in checks the length)."""
+    path = Path(__file__).resolve().parents[2] / "plugins/modules/vllama_verify.py"
+    spec = importlib.util.spec_from_file_location("vllama_verify_module", path)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    default = yaml.safe_load(module.DOCUMENTATION)["options"]["max_tokens"]["default"]
+    assert default == verify.MAX_TOKENS
+    key_file = tmp_path / "host.key"
+    key_file.write_text(KEY + "\n")
+    inst = {"name": "smollm2", "local_endpoint": endpoint, "served_name": "smollm2",
+            "readiness": {"path": "/health", "auth": False},
+            "paths": {"key_file": str(key_file)}}
+    out = module.verify_one(inst, "What is the capital of Italy?", 5, default)
+    assert out["error"] is None and out["verified"] is True
+    assert out["answer"] == "Rome." and out["ttft_ms"] is not None
+    assert _Endpoint.prompts == ["What is the capital of Italy?"]  # one completion, not two
