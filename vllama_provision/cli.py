@@ -319,7 +319,8 @@ def key() -> None:
 @click.argument("instance")
 def key_show(host: str, instance: str) -> None:
     """Print the API key of HOST's INSTANCE (the only command that prints a key)."""
-    from vllama_provision.verify import key_path, read_key
+    from vllama_provision.paths import key_path
+    from vllama_provision.verify import read_key
 
     value = read_key(host, instance)
     if value is None:

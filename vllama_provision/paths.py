@@ -95,3 +95,8 @@ def keys_dir() -> Path:
     written by the role and read by `verify`, `key show` and the tests; `lab down` removes a
     lab host's folder."""
     return state_dir() / "keys"
+
+
+def key_path(host: str, instance: str) -> Path:
+    """The controller's private copy of one instance's API key."""
+    return keys_dir() / host / f"{instance}.key"

@@ -28,7 +28,7 @@ from typing import Any
 
 import httpx
 
-from vllama_provision import paths
+from vllama_provision.paths import key_path
 from vllama_provision.report import Report
 
 # Part of the verification contract: the completion is short (the answer proves the model
@@ -52,10 +52,6 @@ class ControllerCheck:
 
 class _Failed(Exception):
     pass
-
-
-def key_path(host: str, instance: str) -> Path:
-    return paths.keys_dir() / host / f"{instance}.key"
 
 
 def read_key(host: str, instance: str) -> str | None:

@@ -23,10 +23,10 @@ from ansible_collections.vllama.provision.plugins.plugin_utils.vllama_sources im
 try:  # the vllama-provision package, in exactly this collection's version (checked at run)
     from vllama_provision import gpu
     from vllama_provision.inventory import HostSpec, host_vars_from_task, to_plain
+    from vllama_provision.paths import key_path
     from vllama_provision.planner import EngineOverride, plan_host
     from vllama_provision.render import MANAGED, render_host
     from vllama_provision.validation import validate_host
-    from vllama_provision.verify import key_path
 except ImportError as exc:
     VLLAMA_IMPORT_ERROR = exc
 else:
