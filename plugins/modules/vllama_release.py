@@ -304,6 +304,11 @@ def prune(params, check):
             freed += _remove(path, removed, check)
     models_root = params.get("models_root")
     keep_aside = {os.path.normpath(p) for p in params.get("keep_aside") or []}
+
+    def collectable_aside(name, path):
+        """A damaged copy moved aside by an earlier run (this run's stay for inspection)."""
+        return name.startswith(".damaged-") and os.path.normpath(path) not in keep_aside
+
     if models_root and os.path.isdir(models_root):
         for slug in sorted(os.listdir(models_root)):
             slug_dir = os.path.join(models_root, slug)
@@ -314,7 +319,7 @@ def prune(params, check):
                 path = os.path.join(slug_dir, key)
                 if not os.path.isdir(path) or os.path.ismount(path):
                     continue
-                if key.startswith(".damaged-") and os.path.normpath(path) not in keep_aside:
+                if collectable_aside(key, path):
                     freed += _remove(path, removed, check)  # a damaged folder model's copy
                     continue
                 real = os.path.realpath(path)
@@ -324,11 +329,9 @@ def prune(params, check):
                     freed += _remove(path, removed, check)
                     continue
                 for file in os.listdir(path):
-                    aside = os.path.join(path, file)
-                    if file.startswith(".partial-") or (file.startswith(".damaged-")
-                                                        and os.path.normpath(aside)
-                                                        not in keep_aside):
-                        freed += _remove(aside, removed, check)
+                    inner = os.path.join(path, file)
+                    if file.startswith(".partial-") or collectable_aside(file, inner):
+                        freed += _remove(inner, removed, check)
             if not check and len(removed) > removed_here and not os.listdir(slug_dir):
                 os.rmdir(slug_dir)
     return {"changed": bool(removed), "removed": removed, "freed_bytes": freed}

@@ -27,7 +27,7 @@ def resolve(plan, facts, bundle=None):
 def resolve_into(result, plan, facts, task_vars, templar):
     """Resolve the sources of ``plan`` for an action's ``result``: ``sources`` and the
     ``_vllama_sources`` fact (with ``_vllama_bundle_host`` for apply --bundle), or a failure
-    naming what could not be resolved. Returns whether it succeeded."""
+    naming what could not be resolved."""
     from vllama_provision.errors import VllamaError
     from vllama_provision.inventory import to_plain
 
@@ -37,10 +37,9 @@ def resolve_into(result, plan, facts, task_vars, templar):
                                  to_plain(templar.template(bundle)) if bundle else None)
     except VllamaError as exc:
         result.update(failed=True, msg=str(exc))
-        return False
+        return
     result["sources"] = sources
     result.setdefault("ansible_facts", {}).update(_vllama_sources=sources, **extra)
-    return True
 
 
 def _instance(plan, facts, inst):
