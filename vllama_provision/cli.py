@@ -74,6 +74,7 @@ def plan(inventory: Path, limit: str | None, json_out: str | None, diff: bool,
     written by `facts --save`, and say "not evaluated: no facts" without it.
     """
     from vllama_provision import facts as fact_cache
+    from vllama_provision.gateway import plan_inventory_gateways
     from vllama_provision.inventory import load_inventory
     from vllama_provision.planner import EngineOverride, plan_host
 
@@ -84,6 +85,7 @@ def plan(inventory: Path, limit: str | None, json_out: str | None, diff: bool,
     inv = load_inventory(inventory, limit)
     report = Report(command="plan")
     to_stderr = json_out == "-"  # keep stdout pure JSON
+    gateways = plan_inventory_gateways(inv)
     for host in inv:
         cached = fact_cache.load(inventory, host.name)
         host_plan = plan_host(host, cached, override)
@@ -93,6 +95,9 @@ def plan(inventory: Path, limit: str | None, json_out: str | None, diff: bool,
         refusals = [c.message for c in host_plan.all_checks() if c.level == "refuse"]
         entry.error = "; ".join(refusals) or None
         entry.add_planned(host_plan.instances)
+        if host.name in gateways:
+            _print_gateway(gateways[host.name], err=to_stderr)
+            entry.extra["gateway"] = _gateway_summary(gateways[host.name])
     if diff:
         apply_like("plan", inventory, limit, check=True, diff=True, verbose=0, json_out=None,
                     tags=["vllama_preflight", "vllama_configure"], exit=False,
@@ -130,6 +135,28 @@ def _print_plan(host_plan: Any, err: bool = False) -> None:
                    f"{check.message}")
 
 
+def _gateway_summary(plan: Any) -> dict[str, Any]:
+    """The gateway part of a host's report entry: its endpoint and what it routes where."""
+    return {"endpoint": plan.endpoint, "keys": [k["name"] for k in plan.keys],
+            "models": {m.name: [f"{u.host}/{u.instance}" for u in m.upstreams]
+                       for m in plan.models}}
+
+
+def _print_gateway(plan: Any, err: bool = False) -> None:
+    def echo(text: str) -> None:
+        click.echo(text, err=err)
+
+    echo(f"  gateway at {plan.endpoint} (HAProxy; client keys: "
+         f"{', '.join(k['name'] for k in plan.keys)})")
+    for model in plan.models:
+        where = ", ".join(f"{u.host}/{u.instance} {u.address}:{u.port}"
+                          for u in model.upstreams) or "no instance yet"
+        echo(f"    {model.name!r} -> {where}")
+    for check in plan.checks:
+        label, colour = _LEVEL_STYLE.get(check.level, (check.level, None))
+        echo("    " + click.style(f"{label}:", fg=colour) + f" gateway: {check.message}")
+
+
 # -------------------------------------------------------------------------------- render ---
 
 
@@ -149,16 +176,34 @@ def render(inventory: Path, out: Path, limit: str | None, json_out: str | None,
     Offline. The same templates and variables are used by `apply` on the hosts.
     """
     from vllama_provision import facts as fact_cache
+    from vllama_provision.gateway import plan_inventory_gateways
     from vllama_provision.inventory import load_inventory
     from vllama_provision.planner import plan_host
-    from vllama_provision.render import render_host, write_rendered
+    from vllama_provision.render import render_gateway, render_host, write_rendered
+    from vllama_provision.validators import validate_files
 
     inv = load_inventory(inventory, limit)
     report = Report(command="render")
     to_stderr = json_out == "-"  # keep stdout pure JSON
+    gateways = plan_inventory_gateways(inv)
     for host in inv:
         host_plan = plan_host(host, fact_cache.load(inventory, host.name))
         entry = report.host(host.name)
+        if host.name in gateways:
+            files = render_gateway(gateways[host.name])
+            for target in write_rendered(files, out):
+                click.echo(f"{host.name}: {target}", err=to_stderr)
+            if validate:
+                problems = validate_files(files)
+                if problems:
+                    entry.status = "failed"
+                    entry.error = "; ".join(problems)
+                    click.echo(click.style(f"{host.name}: invalid gateway: {entry.error}",
+                                           fg="red"), err=True)
+                else:
+                    click.echo(f"{host.name}: {len(files)} gateway file(s) valid", err=to_stderr)
+            if not host.instances:
+                continue
         if host_plan.platform is None:
             entry.status = "skipped"
             entry.error = ("platform unknown: set vllama_platform or run "
@@ -169,7 +214,7 @@ def render(inventory: Path, out: Path, limit: str | None, json_out: str | None,
         for target in write_rendered(files, out):
             click.echo(f"{host.name}: {target}", err=to_stderr)
         if validate:
-            problems = _validate_rendered(files, host_plan.instances)
+            problems = validate_files(files, host_plan.instances)
             if problems:
                 entry.status = "failed"
                 entry.error = "; ".join(problems)
@@ -181,19 +226,6 @@ def render(inventory: Path, out: Path, limit: str | None, json_out: str | None,
     if json_out:
         report.write_json(json_out)
     sys.exit(report.exit_code)
-
-
-def _validate_rendered(files: list[Any], instances: list[Any]) -> list[str]:
-    """Every rendered file through the validator the planner named for it."""
-    from vllama_provision.validators import validate_file
-
-    by_name = {instance.name: instance for instance in instances}
-    problems: list[str] = []
-    for item in files:
-        found = validate_file(item.validator, item.content, dest=item.dest,
-                              instance=by_name.get(item.instance))
-        problems += [f"{item.dest}: {p}" for p in found]
-    return problems
 
 
 # --------------------------------------------------------------------------- apply/verify ---
@@ -315,13 +347,29 @@ def key() -> None:
 
 
 @key.command("show")
-@click.argument("host")
-@click.argument("instance")
-def key_show(host: str, instance: str) -> None:
-    """Print the API key of HOST's INSTANCE (the only command that prints a key)."""
+@click.argument("host", required=False)
+@click.argument("instance", required=False)
+@click.option("--gateway", "gateway_key", metavar="NAME",
+              help="Print the gateways' client key NAME (one generated by apply) instead.")
+def key_show(host: str | None, instance: str | None, gateway_key: str | None) -> None:
+    """Print the API key of HOST's INSTANCE, or a gateway client key (the only command that
+    prints a key)."""
     from vllama_provision.paths import key_path
     from vllama_provision.verify import read_key
 
+    if gateway_key:
+        from vllama_provision.gateway import gateway_key_path
+
+        if host or instance:
+            raise UsageError("give either HOST INSTANCE or --gateway NAME, not both")
+        path = Path(gateway_key_path(gateway_key))
+        if not path.is_file():
+            raise UsageError(f"no generated gateway key {gateway_key!r} at {path}; apply the "
+                             "inventory first (a key given by key_file stays in that file)")
+        click.echo(path.read_text(encoding="utf-8").strip())
+        return
+    if not (host and instance):
+        raise UsageError("key show needs HOST INSTANCE (or --gateway NAME)")
     value = read_key(host, instance)
     if value is None:
         raise UsageError(f"no key for {host}/{instance} at {key_path(host, instance)}; "

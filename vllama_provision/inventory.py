@@ -19,6 +19,7 @@ import yaml
 
 from vllama_provision import schema
 from vllama_provision.errors import InventoryError, Problem, UsageError, suggest
+from vllama_provision.fleet import validate_fleet
 from vllama_provision.validation import near_miss_host_option, validate_host
 
 _GROUP_KEYS = ("hosts", "vars", "children")
@@ -71,6 +72,7 @@ class HostSpec:
     name: str
     file: str
     vars: dict[str, Any]
+    groups: tuple[str, ...] = ()
 
     @property
     def instances(self) -> list[dict[str, Any]]:
@@ -81,17 +83,29 @@ class HostSpec:
     def var(self, name: str) -> Any:
         if name in self.vars:
             return self.vars[name]
+        if name in schema.GATEWAY_OPTION_NAMES:
+            return schema.gateway_defaults().get(name)
         return schema.host_defaults().get(name)
 
     @property
     def ansible_host(self) -> str:
         return str(self.vars.get("ansible_host") or self.name)
 
+    @property
+    def gateway(self) -> bool:
+        """Whether the host runs the fleet's gateway (group vllama_gateways)."""
+        return schema.GATEWAY_GROUP in self.groups
+
 
 @dataclass
 class Inventory:
+    """The hosts a command works on (``hosts``, after ``--limit``) and the whole fleet
+    (``fleet``, every host of the file), which fleet-level plans such as the gateway's need
+    whatever the limit says."""
+
     path: Path
     hosts: dict[str, HostSpec] = field(default_factory=dict)
+    fleet: dict[str, HostSpec] = field(default_factory=dict)
 
     def __iter__(self) -> Iterator[HostSpec]:
         return iter(self.hosts.values())
@@ -120,6 +134,26 @@ def host_vars_from_task(task_vars: Mapping[str, Any], template: Any) -> dict[str
     names = [k for k in task_vars if str(k).startswith("vllama_")]
     names += [k for k in ("ansible_host",) if k in task_vars]
     return {k: to_plain(template(task_vars[k])) for k in names}
+
+
+def fleet_from_hostvars(hostvars: Mapping[str, Any], groups: Mapping[str, Any]
+                        ) -> list[HostSpec]:
+    """Every host of the inventory as an action plugin sees it (``hostvars`` and ``groups``,
+    which hold every host whatever the run's limit): the fleet the gateway is planned from."""
+    members: dict[str, list[str]] = {}
+    for group, names in groups.items():
+        if group in ("all", "ungrouped"):
+            continue
+        for name in names or []:
+            members.setdefault(str(name), []).append(str(group))
+    fleet = []
+    for name in groups.get("all") or []:
+        host = hostvars[name]
+        keys = [k for k in host if str(k).startswith("vllama_") or k == "ansible_host"]
+        fleet.append(HostSpec(name=str(name), file="inventory",
+                              vars={str(k): to_plain(host[k]) for k in keys},
+                              groups=tuple(sorted(members.get(str(name), [])))))
+    return fleet
 
 
 def _check_structure(path: Path, data: Any) -> list[Problem]:
@@ -193,18 +227,23 @@ def load_inventory(path: str | Path, limit: str | None = None,
     if problems:
         raise InventoryError(problems)
 
-    hosts = _resolve_hosts(path, limit)
-    inventory = Inventory(path=path, hosts=hosts)
+    hosts, fleet = _resolve_hosts(path, limit)
+    inventory = Inventory(path=path, hosts=hosts, fleet=fleet)
     if validate:
         problems = []
         for host in inventory:
-            problems += validate_host(host.name, host.vars, file=str(path))
+            problems += validate_host(host.name, host.vars, file=str(path), groups=host.groups)
+        if not problems:
+            # Fleet-level rules (the gateway's) read every host, whatever --limit says.
+            problems += validate_fleet(list(fleet.values()), file=str(path))
         if problems:
             raise InventoryError(problems)
     return inventory
 
 
-def _resolve_hosts(path: Path, limit: str | None) -> dict[str, HostSpec]:
+def _resolve_hosts(path: Path, limit: str | None
+                   ) -> tuple[dict[str, HostSpec], dict[str, HostSpec]]:
+    """The hosts --limit selects and every host of the inventory, variables resolved."""
     # Before Ansible's constants are first read: an unparsable source is an error, not "empty".
     os.environ.setdefault("ANSIBLE_INVENTORY_UNPARSED_FAILED", "1")
     # Ansible prints its own warnings on stderr; keep them out of the tool's output.
@@ -222,17 +261,19 @@ def _resolve_hosts(path: Path, limit: str | None) -> dict[str, HostSpec]:
             first = str(exc).splitlines()[0] if str(exc) else "cannot be parsed"
             raise InventoryError([Problem(f"Ansible cannot read it: {first}",
                                           file=str(path))]) from None
-        all_names = [h.name for h in manager.get_hosts()]
+        everyone = manager.get_hosts()
+        all_names = [h.name for h in everyone]
         if limit:
             manager.subset(limit)
         selected = manager.get_hosts()
+        selected_names = {h.name for h in selected}
         if limit and not selected:
             raise UsageError(f"--limit {limit} matches no host in {path}; hosts: "
                              f"{', '.join(all_names) or '(none)'}")
         variables = VariableManager(loader=loader, inventory=manager)
         hosts: dict[str, HostSpec] = {}
         problems: list[Problem] = []
-        for host in selected:
+        for host in everyone:
             raw = variables.get_vars(host=host, include_hostvars=False)
             templar = Templar(loader=loader, variables=raw)
             resolved: dict[str, Any] = {}
@@ -243,9 +284,14 @@ def _resolve_hosts(path: Path, limit: str | None) -> dict[str, HostSpec]:
                 try:
                     resolved[key] = to_plain(templar.template(raw[key]))
                 except AnsibleError as exc:
+                    if host.name not in selected_names:
+                        continue  # outside --limit: fleet rules see the variable as unset
                     problems.append(Problem(f"cannot be templated: {str(exc).splitlines()[0]}",
                                             file=str(path), host=host.name, variable=key))
-            hosts[host.name] = HostSpec(name=host.name, file=str(path), vars=resolved)
+            groups = tuple(sorted(g.name for g in host.get_groups()
+                                  if g.name not in ("all", "ungrouped")))
+            hosts[host.name] = HostSpec(name=host.name, file=str(path), vars=resolved,
+                                        groups=groups)
         if problems:
             raise InventoryError(problems)
-    return hosts
+    return {n: h for n, h in hosts.items() if n in selected_names}, hosts

@@ -239,7 +239,8 @@ def plan_host(host: HostSpec, facts: gpu.HostFacts | None = None,
     if facts is not None and platform is not None and declared not in PLATFORMS:
         # The platform came from facts: the static checks that depend on it (engine choices,
         # shared GPUs, default ports) run now, and their problems are refusals.
-        for problem in validate_host(host.name, {**host.vars, "vllama_platform": platform}):
+        for problem in validate_host(host.name, {**host.vars, "vllama_platform": platform},
+                                     groups=host.groups):
             plan.checks.append(Check("refuse", problem.variable or "inventory",
                                      problem.render(), problem.instance))
     if facts is None and platform is not None:

@@ -14,7 +14,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from vllama_provision import paths
+from vllama_provision import gateway, paths
+from vllama_provision.gateway import GatewayPlan
 from vllama_provision.planner import HostPlan, InstancePlan
 
 # The header every rendered file starts with (through `{{ ansible_managed | comment }}`).
@@ -71,6 +72,16 @@ def render_host(plan: HostPlan) -> list[RenderedFile]:
                 validator=spec["validator"],
                 content=render_template(spec["template"], variables)))
     return rendered
+
+
+def render_gateway(plan: GatewayPlan) -> list[RenderedFile]:
+    """Every rendered file of a gateway host (the key maps are not among them: the role writes
+    them on the host from the controller's key copies, and nothing else ever holds them)."""
+    variables = gateway.template_vars(plan, MANAGED)
+    return [RenderedFile(host=plan.host, instance="(gateway)", template=spec["template"],
+                         dest=spec["dest"], mode=spec["mode"], validator=spec["validator"],
+                         content=render_template(spec["template"], variables))
+            for spec in plan.files]
 
 
 def write_rendered(files: list[RenderedFile], out: Path) -> list[Path]:

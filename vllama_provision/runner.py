@@ -30,6 +30,8 @@ _VERIFY_ACTION = "vllama_verify"
 _FACTS_ACTION = "vllama_host_facts"
 _RELEASE_ACTION = "vllama_release"
 _STATE_ACTION = "vllama_state"
+_GATEWAY_PLAN_ACTION = "vllama_gateway_plan"
+_HAPROXY_ACTION = "vllama_haproxy"
 # Tasks whose failure is a refusal (nothing changed yet) start with this word.
 REFUSAL_PREFIX = "Refuse "
 
@@ -160,6 +162,8 @@ class EventHandler:
         # and those after a switch or rollback).
         self.running = result.running
         self.finished = False  # the playbook_on_stats event: the play ran to its end
+        # HOST -> {backend: served name} of its gateway, to report servers by model.
+        self._gateway_backends: dict[str, dict[str, str]] = {}
 
     def __call__(self, event: dict[str, Any]) -> bool:
         try:
@@ -274,6 +278,23 @@ class EventHandler:
                     f"rotate INVENTORY {host} {Path(path).name}")
         elif short == _FACTS_ACTION and isinstance(res.get("vllama_facts"), dict):
             self.result.facts[host] = res["vllama_facts"]
+        elif short == _GATEWAY_PLAN_ACTION and isinstance(res.get("gateway"), dict):
+            gateway = res["gateway"]
+            report.extra["gateway"] = {
+                "endpoint": gateway["endpoint"], "keys": [k["name"] for k in gateway["keys"]],
+                "models": {m["name"]: [f"{u['host']}/{u['instance']}" for u in m["upstreams"]]
+                           for m in gateway["models"]}}
+            self._gateway_backends[host] = {m["backend"]: m["name"] for m in gateway["models"]}
+            report.notes += [f"gateway: {c['message']}" for c in gateway["checks"]
+                             if c["level"] in ("warn", "not-evaluated")]
+        elif short == _HAPROXY_ACTION and isinstance(res.get("servers"), dict):
+            names = self._gateway_backends.get(host, {})
+            report.extra.setdefault("gateway", {})["servers"] = {
+                names.get(backend, backend): members
+                for backend, members in res["servers"].items()}
+            for backend in res.get("down") or []:
+                report.notes.append(f"gateway: no instance of {names.get(backend, backend)!r} "
+                                    "is up")
         if res.get("stale_lock"):
             report.notes.append(str(res.get("msg")))
         facts = (res.get("ansible_facts") or {}).get("vllama_facts")

@@ -94,6 +94,10 @@ INSTANCE_OPTIONS: tuple[Option, ...] = (
     Option("served_name", "str", "Model name the API serves. Empty: the instance name.",
            default="", pattern=r"^$|" + SERVED_NAME_PATTERN[1:],
            pattern_help="letters, digits and . _ : / -, at most 128 characters"),
+    Option("mixed_content", "bool", "This served name is meant to be backed by different "
+           "model content on different hosts (a gateway balances across them anyway). false: "
+           "the fleet refuses one name serving different models (clients would get different "
+           "answers).", default=False),
     Option("port", "int", "TCP port of the OpenAI endpoint, unique per host. 0: 8000 for vLLM, "
            "8080 for llama.cpp.", default=0, minimum=0, maximum=65535),
     Option("bind_address", "str",
@@ -148,8 +152,9 @@ ENGINE_ONLY_OPTIONS: dict[str, tuple[str, str]] = {
 }
 
 HOST_OPTIONS: tuple[Option, ...] = (
-    Option("vllama_instances", "list", "Engine instances this host serves (at least one).",
-           required=True, elements="dict", options=INSTANCE_OPTIONS),
+    Option("vllama_instances", "list", "Engine instances this host serves: at least one, "
+           "except on a host of the group vllama_gateways, which may serve none.",
+           default=[], elements="dict", options=INSTANCE_OPTIONS),
     Option("vllama_models_root", "str", "Where models are stored on the host.",
            default="/tank/ai/models", pattern=ABS_PATH_PATTERN,
            pattern_help="an absolute path without spaces"),
@@ -229,13 +234,60 @@ HOST_OPTIONS: tuple[Option, ...] = (
            default=300, minimum=1, maximum=86400),
 )
 
+# The inventory group whose hosts run the fleet's gateway (HAProxy), and their variables.
+GATEWAY_GROUP = "vllama_gateways"
+
+GATEWAY_KEY_OPTIONS: tuple[Option, ...] = (
+    Option("name", "str", "Name of the client key: access logs show it, never the key.",
+           required=True, pattern=NAME_PATTERN,
+           pattern_help="lowercase letters, digits and '-', at most 40 characters"),
+    Option("key_file", "str", "Controller-side file (0600) holding the key. Empty: a key is "
+           "generated on first apply and kept (0600) on the controller "
+           "(`vllama-provision key show --gateway NAME`).",
+           default="", pattern=r"^$|" + ABS_PATH_PATTERN[1:], pattern_help="an absolute path"),
+)
+
+GATEWAY_OPTIONS: tuple[Option, ...] = (
+    Option("vllama_gateway_port", "int", "TCP port of the gateway's OpenAI endpoint.",
+           default=4000, minimum=1, maximum=65535),
+    Option("vllama_gateway_bind_address", "str",
+           "Address the gateway listens on. Empty: ansible_host when it is an IP literal, "
+           "else 0.0.0.0.", default=""),
+    Option("vllama_gateway_keys", "list",
+           "Client keys the gateway accepts, by name; several are valid together (a rotation "
+           "adds the new key, then removes the old one).",
+           default=[{"name": "default", "key_file": ""}], elements="dict",
+           options=GATEWAY_KEY_OPTIONS),
+    Option("vllama_gateway_max_body", "int", "Largest request body in bytes the gateway routes "
+           "(its buffers are sized for it); larger bodies get 413.", default=1048576,
+           minimum=4096, maximum=64 * 1048576),
+    Option("vllama_gateway_timeout", "int", "Seconds a client or an instance may stay silent "
+           "during a request (long generations); also how long a reload lets old requests "
+           "finish.", default=600, minimum=10, maximum=86400),
+    Option("vllama_gateway_connect_timeout", "int", "Seconds to connect to an instance.",
+           default=5, minimum=1, maximum=120),
+    Option("vllama_gateway_queue_timeout", "int", "Seconds a request waits for a free "
+           "instance of its model before it gets 503.", default=60, minimum=1, maximum=3600),
+    Option("vllama_gateway_check_interval", "int", "Seconds between health checks of each "
+           "instance.", default=2, minimum=1, maximum=300),
+    Option("vllama_gateway_retry_after", "int", "Retry-After seconds sent with a 503 when a "
+           "model has no healthy instance.", default=5, minimum=1, maximum=3600),
+    Option("vllama_gateway_maxconn", "int", "Client connections the gateway holds at once.",
+           default=512, minimum=1, maximum=100000),
+)
+
 HOST_OPTION_NAMES = frozenset(o.name for o in HOST_OPTIONS)
+GATEWAY_OPTION_NAMES = frozenset(o.name for o in GATEWAY_OPTIONS)
 INSTANCE_OPTION_NAMES = frozenset(o.name for o in INSTANCE_OPTIONS)
 
 
 def host_defaults() -> dict[str, Any]:
     """Defaults of the host-level variables, as ``defaults/main.yml`` holds them."""
     return {o.name: o.default for o in HOST_OPTIONS if o.has_default}
+
+
+def gateway_defaults() -> dict[str, Any]:
+    return {o.name: o.default for o in GATEWAY_OPTIONS if o.has_default}
 
 
 def instance_defaults() -> dict[str, Any]:
@@ -340,22 +392,33 @@ def _spec_entry(opt: Option) -> dict[str, Any]:
     return entry
 
 
-def argument_specs() -> dict[str, Any]:
-    """The role's ``meta/argument_specs.yml`` content, generated from the options above."""
+_GENERATED_NOTE = ("Generated from vllama_provision/schema.py by `vllama-provision schema "
+                   "--write`: edit the schema, not this file.")
+
+
+def argument_specs(options: Sequence[Option] = HOST_OPTIONS,
+                   short: str = "Serve LLMs through verified, OpenAI-compatible engines.",
+                   description: str = "Plans, installs, configures, runs and verifies the engine "
+                   "instances of a host (vLLM or llama.cpp, native or in containers).",
+                   ) -> dict[str, Any]:
+    """A role's ``meta/argument_specs.yml`` content, generated from the options above."""
     return {
         "argument_specs": {
             "main": {
-                "short_description": "Serve LLMs through verified, OpenAI-compatible engines.",
-                "description": [
-                    "Plans, installs, configures, runs and verifies the engine instances of a "
-                    "host (vLLM or llama.cpp, native or in containers).",
-                    "Generated from vllama_provision/schema.py by `vllama-provision schema "
-                    "--write`: edit the schema, not this file.",
-                ],
-                "options": {o.name: _spec_entry(o) for o in HOST_OPTIONS},
+                "short_description": short,
+                "description": [description, _GENERATED_NOTE],
+                "options": {o.name: _spec_entry(o) for o in options},
             }
         }
     }
+
+
+def gateway_argument_specs() -> dict[str, Any]:
+    return argument_specs(
+        GATEWAY_OPTIONS, "Route the fleet's OpenAI requests by model (HAProxy).",
+        "Installs HAProxy from the OS packages and routes /v1/chat/completions, "
+        "/v1/completions and /v1/embeddings by the body's model to every healthy instance of "
+        "the inventory serving it; its configuration is planned from the whole inventory.")
 
 
 GENERATED_HEADER = (
@@ -374,16 +437,16 @@ def _yaml_dump(data: Any) -> str:
                      width=100, allow_unicode=True)
 
 
-def argument_specs_yaml() -> str:
-    return "---\n" + GENERATED_HEADER + _yaml_dump(argument_specs())
+def argument_specs_yaml(specs: dict[str, Any] | None = None) -> str:
+    return "---\n" + GENERATED_HEADER + _yaml_dump(specs or argument_specs())
 
 
-def defaults_yaml() -> str:
-    """``defaults/main.yml``: every host option with its default and its description."""
+def defaults_yaml(options: Sequence[Option] = HOST_OPTIONS) -> str:
+    """``defaults/main.yml``: every option of a role with its default and its description."""
     import textwrap
 
     lines = ["---", GENERATED_HEADER.rstrip("\n")]
-    for opt in HOST_OPTIONS:
+    for opt in options:
         lines.append("")
         text = opt.description + (f" Allowed: {opt.constraint_text()}."
                                   if opt.constraint_text() else "")
@@ -401,4 +464,7 @@ def defaults_yaml() -> str:
 def role_files() -> dict[str, str]:
     """Generated files of the vllama role, relative to the roles folder."""
     return {"vllama/meta/argument_specs.yml": argument_specs_yaml(),
-            "vllama/defaults/main.yml": defaults_yaml()}
+            "vllama/defaults/main.yml": defaults_yaml(),
+            "vllama_gateway/meta/argument_specs.yml":
+                argument_specs_yaml(gateway_argument_specs()),
+            "vllama_gateway/defaults/main.yml": defaults_yaml(GATEWAY_OPTIONS)}

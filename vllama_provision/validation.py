@@ -12,7 +12,7 @@ import os
 import re
 import stat
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import PurePosixPath
 from typing import Any
 
@@ -266,15 +266,60 @@ def _check_shared_gpus(instances: list[Mapping[str, Any]], platform: str | None,
     return problems
 
 
-def validate_host(host: str, host_vars: Mapping[str, Any], *, file: str = "") -> list[Problem]:
-    """All static problems of one host's vllama_* variables."""
+def _check_gateway_vars(present: Mapping[str, Any], gateway: bool, flagged: set[str | None],
+                        where: dict[str, str]) -> list[Problem]:
+    """Gateway variables: only on hosts of the gateway group; named keys, each name once, each
+    key file private."""
+    problems: list[Problem] = []
+    if not gateway:
+        for key in sorted(k for k in present if k in schema.GATEWAY_OPTION_NAMES):
+            problems.append(Problem(f"is set on a host outside the group {schema.GATEWAY_GROUP}, "
+                                    "where nothing reads it", variable=key,
+                                    allowed=f"add the host to {schema.GATEWAY_GROUP}, or remove "
+                                    "the variable", **where))
+        return problems
+    keys = present.get("vllama_gateway_keys")
+    if "vllama_gateway_keys" in flagged or not isinstance(keys, list):
+        return problems
+    if not keys:
+        problems.append(Problem("must name at least one client key", variable="vllama_gateway_keys",
+                                allowed="a list like [{name: default}]", **where))
+    names: list[str] = []
+    for index, item in enumerate(keys):
+        label = f"vllama_gateway_keys[{index}]"
+        if not isinstance(item, Mapping):
+            problems.append(Problem("must be a mapping with name and key_file", value=item,
+                                    has_value=True, variable=label, **where))
+            continue
+        found = schema.validate_mapping(item, schema.GATEWAY_KEY_OPTIONS, where=where)
+        for problem in found:
+            problem.variable = f"{label}.{problem.variable}"
+        problems += found
+        if found:
+            continue
+        names.append(str(item["name"]))
+        problems += _check_secret_file(item.get("key_file") or "", f"{label}.key_file", where)
+    for dup in sorted({n for n in names if names.count(n) > 1}):
+        problems.append(Problem("names more than one client key", variable="vllama_gateway_keys",
+                                value=dup, has_value=True, allowed="a unique name per key",
+                                **where))
+    return problems
+
+
+def validate_host(host: str, host_vars: Mapping[str, Any], *, file: str = "",
+                  groups: Sequence[str] = ()) -> list[Problem]:
+    """All static problems of one host's vllama_* variables (``groups``: the inventory groups
+    the host belongs to; a host of the gateway group may serve no instance)."""
     where = {"file": file, "host": host}
+    gateway = schema.GATEWAY_GROUP in groups
     present = {k: v for k, v in host_vars.items() if str(k).startswith("vllama_")}
     # Other roles' variables (vllama_base_*, vllama_facts*) and what `lab up` writes
     # (vllama_lab*) share the prefix but are not engine options.
     present = {k: v for k, v in present.items() if not k.startswith(OTHER_PREFIXES)}
-    problems = schema.validate_mapping(present, schema.HOST_OPTIONS, where=where)
+    problems = schema.validate_mapping(present, schema.HOST_OPTIONS + schema.GATEWAY_OPTIONS,
+                                       where=where)
     flagged = {p.variable for p in problems}
+    problems += _check_gateway_vars(present, gateway, flagged, where)
     problems += zfs.validate({k: v for k, v in present.items() if k not in flagged}, where)
     token_file = present.get("vllama_hf_token_file")
     if isinstance(token_file, str) and "vllama_hf_token_file" not in flagged:
@@ -285,11 +330,16 @@ def validate_host(host: str, host_vars: Mapping[str, Any], *, file: str = "") ->
             problems.append(Problem("unknown variable (the role ignores it)", variable=str(key),
                                     suggestion=meant, **where))
     instances = host_vars.get("vllama_instances")
+    if instances is None and not gateway:
+        problems.append(Problem("is required", variable="vllama_instances",
+                                allowed="a list of instances (see the README), or the host in "
+                                f"the group {schema.GATEWAY_GROUP}", **where))
     if not isinstance(instances, list):
         return problems
-    if not instances:
+    if not instances and not gateway:
         problems.append(Problem("must list at least one instance", variable="vllama_instances",
-                                **where))
+                                allowed="a list of instances, or none on a host of the group "
+                                f"{schema.GATEWAY_GROUP}", **where))
     platform = _platform_of(host_vars)
     good: list[Mapping[str, Any]] = []
     for index, inst in enumerate(instances):

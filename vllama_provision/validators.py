@@ -15,6 +15,9 @@ and returns a list of problems (empty = valid). A validator whose tool is missin
   files) are created empty in a temporary folder and the references pointed there; every other
   byte is validated as rendered.
 * launchd plists: :mod:`plistlib` (expat underneath) plus the keys launchd needs.
+* the gateway's HAProxy configuration: the real ``haproxy -c`` (the OS package), on a temporary
+  copy of the gateway's folder (the Lua file and the models map as rendered; the key maps,
+  which exist only on the host, empty).
 * engine environment files: parsed like systemd 252 parses ``EnvironmentFile=`` (env-file.c), then
   ``$VLLAMA_ENGINE_ARGS`` split like ``ExecStart=`` splits an unquoted ``$VAR`` word
   (env-util.c ``replace_env_argv``: ``EXTRACT_RELAX|EXTRACT_UNQUOTE``), and compared with the
@@ -600,6 +603,47 @@ def _validate_env(content: str, dest: str, instance: InstancePlan | None) -> lis
     return verify_env_file(content, instance.argv, instance.env)
 
 
+# --------------------------------------------------------------------------------------------
+# The gateway's HAProxy configuration
+
+
+def verify_haproxy_config(text: str, companions: Mapping[str, str] | None = None, *,
+                          config_dir: str = "/etc/vllama/gateway") -> list[str]:
+    """``haproxy -c`` of a gateway configuration; every line it prints is a problem.
+
+    ``companions``: the other rendered files by destination (the Lua file, the models map).
+    Files under ``config_dir`` that the configuration names are placed in a temporary copy of
+    that folder (empty when not given: the key maps live only on the host) and the
+    configuration is pointed there; nothing else changes.
+    """
+    tool = shutil.which("haproxy") or ("/usr/sbin/haproxy" if os.access("/usr/sbin/haproxy",
+                                                                        os.X_OK) else None)
+    if tool is None:
+        raise ValidatorUnavailable("haproxy is not installed (apt-get install haproxy)")
+    with tempfile.TemporaryDirectory(prefix="vllama-haproxy-") as tmp:
+        folder = Path(tmp) / "gateway"
+        folder.mkdir()
+        named = set(re.findall(re.escape(config_dir) + r"/([A-Za-z0-9_.-]+)", text))
+        given = {Path(dest).name: body for dest, body in (companions or {}).items()
+                 if str(Path(dest).parent) == config_dir}
+        for name in named:
+            (folder / name).write_text(given.get(name, ""), encoding="utf-8")
+        config = folder / "haproxy.cfg"
+        config.write_text(text.replace(config_dir + "/", f"{folder}/"), encoding="utf-8")
+        result = _run([tool, "-c", "-f", str(config)])
+    output = (result.stdout + result.stderr).replace(f"{folder}/", config_dir + "/")
+    if "unknown user" in output or "unknown group" in output:
+        raise ValidatorUnavailable("haproxy -c needs the haproxy user and group on this machine "
+                                   "(the haproxy package creates them)")
+    # Alerts and warnings are problems; notices (version, path) and the verdict are not. The
+    # server state file exists only once a gateway ran.
+    problems = [line for line in output.splitlines()
+                if line.startswith(("[ALERT]", "[WARNING]")) and "server state file" not in line]
+    if result.returncode != 0 and not problems:
+        problems.append(f"haproxy -c exited {result.returncode}")
+    return problems
+
+
 # The planner names a validator for every rendered file (``RenderedFile.validator``); this table
 # is the one place that says which function checks it (render --validate, the render tier and
 # the role's pre-switch checks all go through ``validate_file``).
@@ -608,6 +652,8 @@ VALIDATORS: dict[str, Callable[[str, str, InstancePlan | None], list[str]]] = {
     "compose": lambda content, _dest, _instance: verify_compose(content),
     "plist": lambda content, _dest, _instance: verify_plist(content),
     "env": _validate_env,
+    # Alone, without the gateway's other files (validate_files passes them).
+    "haproxy": lambda content, _dest, _instance: verify_haproxy_config(content),
 }
 
 
@@ -623,3 +669,22 @@ def validate_file(validator: str, content: str, *, dest: str,
         raise ValueError(f"unknown validator {validator!r} for {dest}; known: "
                          f"{', '.join(sorted(VALIDATORS))}")
     return check(content, dest, instance)
+
+
+def validate_files(files: Iterable[Any], instances: Iterable[InstancePlan] = ()) -> list[str]:
+    """Every rendered file (``RenderedFile``) through its validator, as ``DEST: problem``
+    lines. A gateway configuration is checked together with the files rendered beside it."""
+    files = list(files)
+    by_name = {instance.name: instance for instance in instances}
+    problems: list[str] = []
+    for item in files:
+        if not item.validator:
+            continue
+        if item.validator == "haproxy":
+            found = verify_haproxy_config(item.content, {f.dest: f.content for f in files
+                                                         if f is not item})
+        else:
+            found = validate_file(item.validator, item.content, dest=item.dest,
+                                  instance=by_name.get(item.instance))
+        problems += [f"{item.dest}: {p}" for p in found]
+    return problems

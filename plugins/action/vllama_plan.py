@@ -45,7 +45,9 @@ class ActionModule(ActionBase):
         host_vars = host_vars_from_task(task_vars, self._templar.template)
         args = self._task.args
         if boolean(args.get("validate", False), strict=False):
-            problems = [p.render() for p in validate_host(host, host_vars, file="inventory")]
+            groups = task_vars.get("group_names") or ()
+            problems = [p.render()
+                        for p in validate_host(host, host_vars, file="inventory", groups=groups)]
             if problems:
                 result.update(changed=False, failed=True, problems=problems,
                               msg="invalid inventory: " + "; ".join(problems))
@@ -57,7 +59,9 @@ class ActionModule(ActionBase):
                 result.update(failed=True, msg="host facts are malformed: " + "; ".join(problems))
                 return result
         override = EngineOverride.from_vars(host_vars.get("vllama_engine_override"))  # templated
-        plan = plan_host(HostSpec(name=host, file="inventory", vars=host_vars), facts, override)
+        plan = plan_host(HostSpec(name=host, file="inventory", vars=host_vars,
+                                  groups=tuple(task_vars.get("group_names") or ())),
+                         facts, override)
         data = plan.to_dict()
         data["managed"] = MANAGED
         if plan.platform is not None and not plan.refused:

@@ -28,7 +28,8 @@ class ActionModule(ActionBase):
         task_vars = task_vars or {}
         host = task_vars.get("inventory_hostname", "")
         host_vars = host_vars_from_task(task_vars, self._templar.template)
-        problems = validate_host(host, host_vars, file="inventory")
+        problems = validate_host(host, host_vars, file="inventory",
+                                 groups=task_vars.get("group_names") or ())
         result["changed"] = False
         if problems:
             result["failed"] = True

@@ -120,7 +120,8 @@ def test_plan_works_offline(lab_plan: subprocess.CompletedProcess) -> None:
 def _check_report_shape(report: dict, command: str) -> None:
     assert shape_problems(report, command) == []
     assert set(report) == {"schema", "hosts", "summary"}
-    assert set(report["hosts"]) == {"gpu-01", "gpu-02", "mac-studio"}
+    assert set(report["hosts"]) == {"gpu-01", "gpu-02", "mac-studio", "gateway-01"}
+    assert report["hosts"]["gateway-01"]["instances"] == []
     for name, host in report["hosts"].items():
         assert set(host) >= HOST_KEYS, name
         assert host["status"] in STATUSES
@@ -137,7 +138,7 @@ def _check_report_shape(report: dict, command: str) -> None:
     summary = report["summary"]
     assert summary["command"] == command
     assert summary["exit_code"] == 0
-    assert summary["ok"] == 3
+    assert summary["ok"] == 4
     assert set(summary) >= STATUSES
 
 
@@ -165,6 +166,11 @@ def test_render_writes_every_file_under_out_host(offline: list[str], tmp_path: P
         f"gpu-02/opt/vllama/instances/qwen-0-5b/releases/{release['qwen-0-5b']}/compose.yml",
         "gpu-02/etc/systemd/system/vllama-qwen-0-5b.service",
         "mac-studio/Library/LaunchDaemons/org.vllama.smollm2.plist",
+        # The gateway: planned from the whole fleet (no key copies here: routes to nothing yet).
+        "gateway-01/etc/vllama/gateway/haproxy.cfg",
+        "gateway-01/etc/vllama/gateway/gateway.lua",
+        "gateway-01/etc/vllama/gateway/models.map",
+        "gateway-01/etc/systemd/system/vllama-gateway.service",
     }
     written = {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()}
     assert written == expected

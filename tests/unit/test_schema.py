@@ -43,9 +43,11 @@ def _role_params(host_vars: dict, options: dict) -> dict:
 
 def test_committed_role_files_equal_the_generated_ones() -> None:
     generated = schema.role_files()
-    role = ROLE.name
-    assert set(generated) == {f"{role}/meta/argument_specs.yml", f"{role}/defaults/main.yml"}
-    assert (ROLE / "tasks" / "main.yml").is_file(), "the generated files belong to a real role"
+    roles = {"vllama", "vllama_gateway"}
+    assert set(generated) == {f"{role}/{rel}" for role in roles
+                              for rel in ("meta/argument_specs.yml", "defaults/main.yml")}
+    for role in roles:
+        assert (ROLES / role / "tasks" / "main.yml").is_file(), f"{role} must be a real role"
     for rel, text in generated.items():
         committed = (ROLES / rel).read_text(encoding="utf-8")
         assert committed == text, f"roles/{rel} is stale: run `vllama-provision schema --write`"
@@ -64,7 +66,8 @@ def test_every_host_option_is_in_both_files() -> None:
         if opt.choices:
             assert options[opt.name]["choices"] == list(opt.choices)
     instance = options["vllama_instances"]
-    assert instance["elements"] == "dict" and instance["required"] is True
+    # Gateway hosts may serve none: the validator requires instances on every other host.
+    assert instance["elements"] == "dict" and instance["default"] == []
     assert set(instance["options"]) == {o.name for o in schema.INSTANCE_OPTIONS}
     for opt in schema.INSTANCE_OPTIONS:
         entry = instance["options"][opt.name]
@@ -101,8 +104,9 @@ def test_schema_check_fails_on_a_stale_copy(tmp_path: Path, monkeypatch, capsys)
     from vllama_provision import cli
 
     copy = tmp_path / "roles"
-    shutil.copytree(ROLE / "meta", copy / ROLE.name / "meta")
-    shutil.copytree(ROLE / "defaults", copy / ROLE.name / "defaults")
+    for role in ("vllama", "vllama_gateway"):
+        shutil.copytree(ROLES / role / "meta", copy / role / "meta")
+        shutil.copytree(ROLES / role / "defaults", copy / role / "defaults")
     stale = copy / ROLE.name / "defaults" / "main.yml"
     stale.write_text(stale.read_text().replace("vllama_verify_timeout: 600",
                                                "vllama_verify_timeout: 60"))
@@ -124,10 +128,12 @@ def test_ansible_accepts_the_example_inventories(inventory: Path) -> None:
     assert hosts
     for host in hosts:
         params = _role_params(host.vars, options)
-        assert "vllama_instances" in params
+        assert "vllama_instances" in params or host.gateway
+        if not host.instances:
+            continue
         result = validator.validate(params)
         assert result.error_messages == [], (host.name, result.error_messages)
-        assert validate_host(host.name, host.vars, file=str(inventory)) == []
+        assert validate_host(host.name, host.vars, file=str(inventory), groups=host.groups) == []
         # Ansible fills the defaults from the same schema.
         first = result.validated_parameters["vllama_instances"][0]
         assert first["engine"] in ("auto", "vllm", "llamacpp")
@@ -148,7 +154,6 @@ WRONG = {
     "missing name": {"vllama_instances": [{"model": "Qwen/Qwen2.5-7B-Instruct"}]},
     "instances not a list of mappings": {"vllama_instances": ["Qwen/Qwen2.5-7B-Instruct"]},
     "verify not a bool": {"vllama_verify": "maybe", "vllama_instances": [GOOD_INSTANCE]},
-    "missing instances": {"vllama_platform": "linux-nvidia"},
 }
 
 
@@ -158,6 +163,20 @@ def test_ansible_and_the_cli_both_refuse_a_wrong_type(host_vars: dict) -> None:
     ansible = ArgumentSpecValidator(options).validate(_role_params(host_vars, options))
     assert ansible.error_messages, "Ansible's role validation accepted it"
     assert validate_host("h", host_vars), "the CLI accepted it"
+
+
+def test_instances_are_required_except_on_gateway_hosts() -> None:
+    """The argument spec lets a host have no instances (gateway hosts serve none); the CLI's
+    validator, which the role's preflight runs too, requires them on every other host."""
+    host_vars = {"vllama_platform": "linux-nvidia"}
+    assert ArgumentSpecValidator(_options()).validate(host_vars).error_messages == []
+    problems = validate_host("h", host_vars)
+    assert [p.variable for p in problems] == ["vllama_instances"]
+    assert "vllama_gateways" in problems[0].render()
+    assert validate_host("h", host_vars, groups=["vllama_gateways"]) == []
+    assert validate_host("h", {**host_vars, "vllama_instances": []})
+    assert validate_host("h", {**host_vars, "vllama_instances": []},
+                         groups=["vllama_gateways"]) == []
 
 
 def test_the_cli_is_stricter_than_ansible_on_bools_and_ranges() -> None:

@@ -1,0 +1,87 @@
+"""One model service on lab hosts: a gateway host serving no model, two hosts serving SmolLM2
+under one name (SHARED) and a third serving it under another (SINGLE), applied once for the
+whole tier."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from e2e.conftest import engine_wheel, run_cli, smollm2_instance, write_inventory
+
+from vllama_provision import paths
+from vllama_provision.gateway import gateway_key_path
+
+__all__ = ["engine_wheel", "run_cli"]
+
+SHARED = "smollm2-135m-instruct"  # served by e1 and e2
+SINGLE = "smollm2-b"              # served by e3 alone
+UNIT = "vllama-smollm2"
+
+
+@dataclasses.dataclass
+class Service:
+    lab: Any
+    inventory: Path
+    gateway: Any
+    engines: list[Any]
+    url: str
+
+    @property
+    def key(self) -> str:
+        return Path(gateway_key_path("default")).read_text().strip()
+
+    def client(self, key: str | None = None, timeout: float = 120) -> Any:
+        from openai import OpenAI
+
+        return OpenAI(base_url=f"{self.url}/v1", api_key=key or self.key, max_retries=0,
+                      timeout=timeout)
+
+    def upstream_keys(self) -> list[str]:
+        return [paths.key_path(h.name, "smollm2").read_text().strip() for h in self.engines]
+
+    def served(self) -> set[str]:
+        return {m.id for m in self.client().models.list().data}
+
+    def wait_served(self, want: set[str], timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while self.served() != want:
+            assert time.monotonic() < deadline, f"the gateway serves {self.served()}, not {want}"
+            time.sleep(1)
+
+    def access_log(self) -> str:
+        return self.gateway.ssh("journalctl -u vllama-gateway -o cat --no-pager").stdout
+
+    def answered_by(self, since: int) -> list[str]:
+        """The instances (u_HOST.INSTANCE) that answered the requests logged after line
+        ``since`` of the access log."""
+        lines = self.access_log().splitlines()[since:]
+        return re.findall(r" m_\S+/(u_\S+) ", "\n".join(lines))
+
+
+@pytest.fixture(scope="module")
+def service(lab_factory_module: Any, lab_golden: Path, engine_wheel: list[Path],
+            run_cli: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    lab = lab_factory_module(4)
+    gw, e1, e2, e3 = lab.hosts
+    folder = tmp_path_factory.mktemp("service")
+    common = {"vllama_platform": "linux-cpu", "vllama_lock_wait": 0,
+              "vllama_verify_timeout": 300}
+    inventory = write_inventory(lab, folder / "service.yml", {
+        gw.name: {**common, "vllama_gateway_check_interval": 1},
+        e1.name: {**common, "vllama_instances": [smollm2_instance(served_name=SHARED)]},
+        e2.name: {**common, "vllama_instances": [smollm2_instance(served_name=SHARED)]},
+        e3.name: {**common, "vllama_instances": [smollm2_instance(served_name=SINGLE)]},
+    })
+    text = inventory.read_text()
+    inventory.write_text(text + f"  children:\n    vllama_gateways:\n      hosts:\n"
+                                f"        {gw.name}:\n")
+    result = run_cli("apply", str(inventory))
+    assert result.rc == 0, result.stderr
+    url = f"http://{gw.address}:4000"
+    yield Service(lab, inventory, gw, [e1, e2, e3], url)

@@ -1,0 +1,208 @@
+"""The fleet as one service, through its gateway, with OpenAI's own Python client: routing by
+model, errors in OpenAI's format, failover, a long stream on a busy instance, secrets, and the
+files the gateway host got (the same bytes `render` writes)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from .conftest import SHARED, SINGLE, UNIT, Service
+
+pytestmark = pytest.mark.lab
+
+SHORT = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+def test_models_are_the_union_of_the_fleet(service: Service) -> None:
+    assert service.served() == {SHARED, SINGLE}
+
+
+def test_chat_and_streams_reach_every_instance_of_a_model(service: Service) -> None:
+    client = service.client()
+    since = len(service.access_log().splitlines())
+    for _ in range(4):
+        answer = client.chat.completions.create(model=SHARED, messages=SHORT, max_tokens=8)
+        assert answer.choices[0].message.content
+        assert answer.model == SHARED
+    chunks = list(client.chat.completions.create(model=SHARED, messages=SHORT, max_tokens=8,
+                                                 stream=True))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert len(chunks) > 2 and text
+    single = client.completions.create(model=SINGLE, prompt="Paris is", max_tokens=4)
+    assert single.choices[0].text
+    e1, e2, e3 = service.engines
+    answered = service.answered_by(since)
+    # leastconn among idle instances takes turns: both instances of SHARED answered.
+    assert {f"u_{e1.name}.smollm2", f"u_{e2.name}.smollm2"} <= set(answered[:5])
+    assert answered[5:] == [f"u_{e3.name}.smollm2"]
+    # Access logs name the client key, never show it.
+    log = service.access_log()
+    assert "key=default model=" + SHARED in log
+    assert service.key not in log
+
+
+def test_errors_answer_in_openai_format(service: Service) -> None:
+    with pytest.raises(openai.AuthenticationError) as denied:
+        service.client(key="sk-not-a-key").models.list()
+    assert denied.value.code == "invalid_api_key"
+    with pytest.raises(openai.NotFoundError) as unknown:
+        service.client().chat.completions.create(model="no-such-model", messages=SHORT,
+                                                 max_tokens=4)
+    assert unknown.value.code == "model_not_found"
+    headers = {"Authorization": f"Bearer {service.key}"}
+    url = f"{service.url}/v1/chat/completions"
+    not_json = httpx.post(url, content=b"model=smollm2", headers=headers)
+    assert not_json.status_code == 400
+    assert not_json.json()["error"]["code"] == "invalid_body"
+    no_model = httpx.post(url, json={"messages": SHORT}, headers=headers)
+    assert (no_model.status_code, no_model.json()["error"]["type"]) == (
+        400, "invalid_request_error")
+    huge = httpx.post(url, headers=headers, content=json.dumps(
+        {"model": SHARED, "messages": SHORT, "user": "x" * (1024 * 1024 + 1)}))
+    assert huge.status_code == 413
+    assert huge.json()["error"]["code"] == "request_too_large"
+
+
+def test_a_large_body_with_the_model_last_is_routed(service: Service) -> None:
+    """200 KB before `model`, the body's last key: found wherever it is, up to max_body."""
+    body = json.dumps({"messages": SHORT, "max_tokens": 4, "user": "u" * 200_000,
+                       "model": SINGLE})
+    assert body.endswith(f'"model": "{SINGLE}"}}') and len(body) > 200_000
+    answer = httpx.post(f"{service.url}/v1/chat/completions", content=body, timeout=120,
+                        headers={"Authorization": f"Bearer {service.key}",
+                                 "Content-Type": "application/json"})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["model"] == SINGLE
+
+
+def test_one_instance_down_fails_no_request(service: Service) -> None:
+    e1 = service.engines[0]
+    client = service.client()
+    e1.ssh(f"systemctl stop {UNIT}")
+    try:
+        # At once, before any health check noticed: a refused connection is retried on the
+        # other instance (nothing reached an engine), so every request succeeds.
+        for _ in range(6):
+            answer = client.chat.completions.create(model=SHARED, messages=SHORT, max_tokens=4)
+            assert answer.choices[0].message.content
+        time.sleep(3)  # two failed checks, a second apart
+        assert service.served() == {SHARED, SINGLE}
+    finally:
+        e1.ssh(f"systemctl start {UNIT}")
+
+
+def test_no_instance_left_is_a_503_with_retry_after(service: Service) -> None:
+    e1, e2, _ = service.engines
+    for host in (e1, e2):
+        host.ssh(f"systemctl stop {UNIT}")
+    try:
+        service.wait_served({SINGLE}, timeout=30)
+        with pytest.raises(openai.InternalServerError) as gone:
+            service.client().chat.completions.create(model=SHARED, messages=SHORT,
+                                                     max_tokens=4)
+        assert gone.value.status_code == 503
+        assert gone.value.code == "model_unavailable"
+        assert int(gone.value.response.headers["retry-after"]) == 5
+    finally:
+        for host in (e1, e2):
+            host.ssh(f"systemctl start {UNIT}")
+    service.wait_served({SHARED, SINGLE})
+
+
+def test_a_long_stream_keeps_its_instance_up_and_the_next_request_waits(service: Service
+                                                                         ) -> None:
+    """llama-cpp-python answers one request at a time: the gateway queues the next one
+    (maxconn 1) instead of sending it to the engine, and its health checks use a probe the
+    busy engine answers at once, so the instance stays up through a long generation."""
+    client = service.client(timeout=300)
+    seen: list[set[str]] = []
+    queued: dict[str, Any] = {}
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            seen.append(service.served())
+            time.sleep(0.5)
+
+    def second() -> None:
+        start = time.monotonic()
+        answer = client.completions.create(model=SINGLE, prompt="Paris is", max_tokens=4)
+        queued.update(text=answer.choices[0].text, seconds=time.monotonic() - start,
+                      finished=time.monotonic())
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    start = time.monotonic()
+    # End-of-text tokens banned: the generation runs its whole length.
+    stream = client.completions.create(model=SINGLE, prompt="Once upon a time", stream=True,
+                                       max_tokens=500, logit_bias={"0": -100, "1": -100,
+                                                                   "2": -100})
+    pieces, reasons = [], []
+    waiter = None
+    for chunk in stream:
+        pieces.append(chunk.choices[0].text)
+        reasons.append(chunk.choices[0].finish_reason)
+        if waiter is None and len(pieces) == 5:
+            waiter = threading.Thread(target=second)
+            waiter.start()
+    stream_end = time.monotonic()
+    assert waiter is not None
+    waiter.join(timeout=120)
+    done.set()
+    watcher.join()
+    seconds = stream_end - start
+    assert reasons[-1] == "length", "the stream was cut"
+    assert len(pieces) >= 450
+    assert seconds > 5, f"a {seconds:.1f} s stream proves little with 1 s health checks"
+    assert seen and all(SINGLE in served for served in seen), seen
+    assert queued["text"]
+    assert queued["finished"] >= stream_end, "the second request reached the busy engine"
+
+
+def test_no_key_shows_on_the_gateway_host(service: Service) -> None:
+    gw = service.gateway
+    folders = "/etc /var /run /opt /root /tmp /home /srv"
+    for key in [service.key, *service.upstream_keys()]:
+        files = gw.ssh(f"grep -rlsF -e '{key}' {folders} || true").stdout.split()
+        expected = [] if key == service.key else ["/etc/vllama/gateway/upstreams.map"]
+        assert files == expected, (key[:6], files)
+        assert key not in gw.ssh("journalctl -o cat --no-pager").stdout
+        assert key not in gw.ssh("cat /proc/[0-9]*/cmdline | tr '\\0' ' '").stdout
+    modes = gw.ssh("stat -c '%a %U %n' /etc/vllama/gateway/*.map").stdout.split("\n")
+    assert "600 root /etc/vllama/gateway/upstreams.map" in modes
+    assert "600 root /etc/vllama/gateway/clients.map" in modes
+    # The package's own service never ran: masked before the package was installed.
+    assert gw.ssh("systemctl is-enabled haproxy.service", check=False).stdout.strip() == "masked"
+
+
+def test_the_host_runs_what_render_writes(service: Service, run_cli: Any,
+                                          tmp_path: Path) -> None:
+    out = tmp_path / "render"
+    result = run_cli("render", str(service.inventory), "--out", str(out), "--limit",
+                     service.gateway.name)
+    assert result.rc == 0, result.stderr
+    written = [p for p in (out / service.gateway.name).rglob("*") if p.is_file()]
+    assert len(written) == 4
+    for path in written:
+        dest = "/" + path.relative_to(out / service.gateway.name).as_posix()
+        assert service.gateway.ssh(f"cat {dest}").stdout == path.read_text(), dest
+
+
+def test_a_second_apply_changes_nothing(service: Service, run_cli: Any) -> None:
+    result = run_cli("apply", str(service.inventory))
+    assert result.rc == 0, result.stderr
+    hosts = result.report["hosts"]
+    assert {name: entry["changed"] for name, entry in hosts.items()} == dict.fromkeys(hosts, 0)
+    gateway = hosts[service.gateway.name]["gateway"]
+    assert gateway["endpoint"] == service.url
+    assert sorted(gateway["models"]) == [SHARED, SINGLE]
+    assert gateway["servers"][SHARED] == {f"u_{h.name}.smollm2": "UP"
+                                          for h in service.engines[:2]}
