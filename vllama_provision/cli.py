@@ -379,15 +379,29 @@ def key_show(host: str | None, instance: str | None, gateway_key: str | None) ->
 
 @key.command("rotate")
 @inventory_argument
-@click.argument("host")
-@click.argument("instance")
+@click.argument("host", required=False)
+@click.argument("instance", required=False)
+@click.option("--gateway", "gateway_key", metavar="NAME",
+              help="Give the gateways' generated client key NAME a new value instead, and "
+                   "reload every gateway host (the old value stops working).")
 @json_option
 @strategy_option
-def key_rotate(inventory: Path, host: str, instance: str, json_out: str | None,
-               strategy: Strategy) -> None:
-    """Give HOST's INSTANCE a new random key, restart it and verify it with the new key."""
+def key_rotate(inventory: Path, host: str | None, instance: str | None,
+               gateway_key: str | None, json_out: str | None, strategy: Strategy) -> None:
+    """Give HOST's INSTANCE a new random key, restart it and verify it with the new key; or
+    give a gateway client key a new value.
+
+    For a rotation without a gap, add a second client key to vllama_gateway_keys instead,
+    move the clients to it, then remove the old one."""
     from vllama_provision.inventory import load_inventory
 
+    if gateway_key:
+        if host or instance:
+            raise UsageError("give either HOST INSTANCE or --gateway NAME, not both")
+        _rotate_gateway_key(inventory, gateway_key, json_out, strategy)
+        return
+    if not (host and instance):
+        raise UsageError("key rotate needs INVENTORY HOST INSTANCE (or --gateway NAME)")
     inv = load_inventory(inventory, host)
     names = [i["name"] for h in inv for i in h.instances]
     if instance not in names:
@@ -395,6 +409,27 @@ def key_rotate(inventory: Path, host: str, instance: str, json_out: str | None,
     apply_like("key rotate", inventory, host, check=False, diff=False, verbose=0,
                 json_out=json_out, extravars={"vllama_rotate_keys": [instance]},
                 strategy=strategy)
+
+
+def _rotate_gateway_key(inventory: Path, name: str, json_out: str | None,
+                        strategy: Strategy) -> None:
+    from vllama_provision.gateway import rotate_client_key
+    from vllama_provision.inventory import load_inventory
+
+    inv = load_inventory(inventory)
+    gateways = [h for h in inv.fleet.values() if h.gateway]
+    names = {str(k["name"]): str(k.get("key_file") or "")
+             for h in gateways for k in h.var("vllama_gateway_keys")}
+    if name not in names:
+        raise UsageError(f"no gateway of {inventory} has a client key {name!r}; they have: "
+                         f"{', '.join(sorted(names)) or '(no gateway)'}")
+    if names[name]:
+        raise UsageError(f"the client key {name!r} comes from {names[name]}: put a new key "
+                         "into that file, then apply")
+    rotate_client_key(name)
+    click.echo(f"client key {name!r} rotated; reloading the gateways", err=True)
+    apply_like("key rotate", inventory, ",".join(h.name for h in gateways), check=False,
+               diff=False, verbose=0, json_out=json_out, strategy=strategy)
 
 
 # ---------------------------------------------------------------------------- wheelhouse ---

@@ -45,6 +45,8 @@ def target_hosts(inventory: Path, limit: str | None,
         return [h.name for h in hosts], hosts
     chosen = []
     for host in hosts:
+        if not host.instances:
+            continue  # a gateway host serving no model: nothing to upgrade
         plan = plan_host(host)
         if not plan.instances or any(i.engine == engine for i in plan.instances):
             # Without a platform in the inventory the engine is only known from facts: the
@@ -188,12 +190,17 @@ def rollback(inventory: Path, limit: str | None, to: str | None, batch: str | No
 @strategy_option
 def status(inventory: Path, limit: str | None, json_out: str | None, strategy: Strategy) -> None:
     """What each host runs now: releases, engine, service, endpoint health, lock (read-only)."""
+    from vllama_provision.gateway import plan_inventory_gateways
+    from vllama_provision.inventory import load_inventory
     from vllama_provision.planner import plan_host
     from vllama_provision.status import gather, render
 
     names, hosts = target_hosts(inventory, limit)
     endpoints = {h.name: {i.name: i.endpoint for i in plan_host(h).instances} for h in hosts}
-    report = gather(inventory, names, endpoints, strategy=strategy)
+    gateways = {name: {m.backend: m.name for m in plan.models}
+                for name, plan in plan_inventory_gateways(load_inventory(inventory)).items()
+                if name in names}
+    report = gather(inventory, names, endpoints, strategy=strategy, gateways=gateways)
     if json_out:
         report.write_json(json_out)
     if json_out != "-":

@@ -129,8 +129,17 @@ def gateway_files(p: dict[str, str]) -> list[dict[str, str]]:
     ]
 
 
+def upstream_id(host: str, instance: str) -> str:
+    """The name of an instance in every gateway (its server in its model's backend)."""
+    return _proxy_name("u", f"{host}.{instance}")
+
+
+def admin_socket() -> str:
+    return gateway_paths()["admin_socket"]
+
+
 def _upstream(host: HostSpec, inst: Any) -> Upstream:
-    uid = _proxy_name("u", f"{host.name}.{inst.name}")
+    uid = upstream_id(host.name, inst.name)
     bind = inst.bind_address
     address = host.ansible_host if bind in ("0.0.0.0", "::") else bind
     key_copy = inst.api_key_file or str(paths.key_path(host.name, inst.name))
@@ -261,11 +270,16 @@ def _read_key(path: str, what: str) -> str:
     return text
 
 
+def _new_key() -> str:
+    import secrets
+
+    return "sk-vllama-" + secrets.token_urlsafe(32) + "\n"
+
+
 def client_key(entry: dict[str, str]) -> str:
     """A client key of the gateways: from its key_file, else the controller's generated copy
     (made on first use, 0600 in a 0700 folder)."""
     import os
-    import secrets
     from pathlib import Path
 
     if entry.get("key_file"):
@@ -278,7 +292,7 @@ def client_key(entry: dict[str, str]) -> str:
         pass
     else:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write("sk-vllama-" + secrets.token_urlsafe(32) + "\n")
+            handle.write(_new_key())
     return _read_key(str(path), f"client key {entry['name']}")
 
 
@@ -290,3 +304,18 @@ def key_maps(plan: dict[str, Any]) -> tuple[list[list[str]], dict[str, str]]:
     upstreams = {u["id"]: _read_key(u["key_copy"], f"{u['host']}/{u['instance']}")
                  for u in plan["upstreams"]}
     return clients, upstreams
+
+
+def rotate_client_key(name: str) -> None:
+    """Replace a generated client key on the controller (0600); the gateways pick it up on
+    their next apply."""
+    import os
+    from pathlib import Path
+
+    path = Path(gateway_key_path(name))
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(_new_key())
+    tmp.replace(path)

@@ -287,6 +287,19 @@ class EventHandler:
             self._gateway_backends[host] = {m["backend"]: m["name"] for m in gateway["models"]}
             report.notes += [f"gateway: {c['message']}" for c in gateway["checks"]
                              if c["level"] in ("warn", "not-evaluated")]
+        elif short == _HAPROXY_ACTION and isinstance(res.get("results"), list):
+            # A drain on each gateway (delegated): which of this host's models had a gap.
+            by_id = {v: k for k, v in ((self.result.plans.get(host) or {}).get("gateways")
+                                       or {}).get("servers", {}).items()}
+            served = {i["name"]: i["served_name"]
+                      for i in (self.result.plans.get(host) or {}).get("instances") or []}
+            for item in res["results"]:
+                for uid in item.get("gaps") or []:
+                    name = served.get(by_id.get(uid, ""), uid)
+                    note = (f"gateway {item.get('item')}: {name!r} had no other instance "
+                            "in service while this host switched (a gap)")
+                    if note not in report.notes:
+                        report.notes.append(note)
         elif short == _HAPROXY_ACTION and isinstance(res.get("servers"), dict):
             names = self._gateway_backends.get(host, {})
             report.extra.setdefault("gateway", {})["servers"] = {

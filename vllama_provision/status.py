@@ -20,14 +20,17 @@ from vllama_provision.strategy import LINEAR, Strategy
 
 def gather(inventory: Path, hosts: list[str],
            endpoints: dict[str, dict[str, str]] | None = None,
-           strategy: Strategy = LINEAR) -> Report:
+           strategy: Strategy = LINEAR,
+           gateways: dict[str, dict[str, str]] | None = None) -> Report:
     """Ask each host (read-only) and return the status in the shared report shape.
 
     ``endpoints``: HOST -> INSTANCE -> the endpoint URL the inventory gives it (the hosts
-    report their releases, not how clients reach them).
+    report their releases, not how clients reach them). ``gateways``: GATEWAY HOST -> its
+    backends' served names (from the gateway plans), to show each gateway's view by model.
     """
     releases: dict[str, dict[str, Any]] = {}
     health: dict[str, gpu_health.GpuHealth] = {}
+    servers: dict[str, dict[str, dict[str, str]]] = {}
 
     def on_event(event: dict[str, Any]) -> None:
         data = event.get("event_data") or {}
@@ -41,22 +44,38 @@ def gather(inventory: Path, hosts: list[str],
             found = gpu_health.from_result(res)
             if found is not None:
                 health[data["host"]] = found
+        elif action.endswith("vllama_haproxy") and isinstance(res.get("servers"), dict):
+            names = (gateways or {}).get(data["host"], {})
+            servers[data["host"]] = {names.get(b, b): states
+                                     for b, states in res["servers"].items()}
 
     result = run_playbook(RunRequest(playbook="status.yml", inventory=inventory,
                                      command="status", limit=",".join(hosts),
                                      strategy=strategy),
                           progress=Progress(enabled=False), on_event=on_event)
-    return shape(hosts, releases, health, result.report, endpoints)
+    return shape(hosts, releases, health, result.report, endpoints,
+                 {h: servers.get(h) for h in gateways or {}})
+
+
+def _server_label(server: str) -> str:
+    """``u_HOST.INSTANCE`` as HOST/INSTANCE."""
+    host, _, instance = server.removeprefix("u_").rpartition(".")
+    return f"{host}/{instance}" if host else server
 
 
 def shape(hosts: list[str], releases: dict[str, dict[str, Any]],
           health: dict[str, gpu_health.GpuHealth], answered: Report,
-          endpoints: dict[str, dict[str, str]] | None = None) -> Report:
+          endpoints: dict[str, dict[str, str]] | None = None,
+          gateways: dict[str, dict[str, dict[str, str]] | None] | None = None) -> Report:
     """The status report from what the hosts answered (their ``vllama_release`` inspect results
     and GPU health), in the order of ``hosts``.
 
     Shared fields: a host is ``ok`` when healthy, ``failed`` when it answered but is not,
     ``unreachable`` when it did not answer; an instance's ``release`` is its ``current`` one.
+    A gateway host (``gateways``: HOST -> model -> {HOST/INSTANCE: state}, None when its
+    gateway did not answer) adds ``gateway``: each model's instances and their state in it (UP,
+    DOWN, DRAIN, ...); it is unhealthy when its gateway does not answer or a model has no
+    instance up.
     Added fields: per host ``reachable``, ``healthy``, ``lock``, ``history``, ``gpu_health``;
     per instance ``previous``, ``releases``, ``failed_releases``, ``unfinished_switch``,
     ``stale``, ``service``, ``healthy``, ``health_detail``; in the summary ``hosts``,
@@ -101,12 +120,26 @@ def shape(hosts: list[str], releases: dict[str, dict[str, Any]],
                 unhealthy.append(f"{name}: unfinished switch")
         gpu = health.get(host)
         unhealthy += [f"GPU: {p}" for p in gpu_health.problems(gpu)]
-        if not entry.instances:
+        is_gateway = host in (gateways or {})
+        if not entry.instances and not is_gateway:
             unhealthy.append("no instances deployed")
+        view = None
+        if is_gateway:
+            found = (gateways or {}).get(host)
+            if found is None:
+                unhealthy.append("gateway: not answering (vllama-gateway.service)")
+            else:
+                view = {model: {_server_label(s): state for s, state in sorted(states.items())}
+                        for model, states in sorted(found.items())}
+                unhealthy += [f"gateway: {model!r} has no instance up"
+                              for model, states in view.items()
+                              if not any(v.startswith("UP") for v in states.values())]
         entry.status = "failed" if unhealthy else "ok"
         entry.error = "; ".join(unhealthy) or None
         entry.extra = {"reachable": True, "healthy": not unhealthy, "lock": res.get("lock"),
                        "history": res.get("history") or [], "gpu_health": gpu}
+        if is_gateway:
+            entry.extra["gateway"] = view
     bad = sorted(h for h, e in report.hosts.items() if not e.extra["healthy"])
     report.summary_extra = {"hosts": len(report.hosts), "healthy": not bad, "unhealthy": bad}
     return report
@@ -136,8 +169,12 @@ def render(report: Report) -> str:
             if extra["stale"]:
                 notes.append(f"{host}/{inst.name}: the engine started before the last switch "
                              "(it runs an older release than `current`)")
-        if not entry.instances:
+        gateway = entry.extra.get("gateway")
+        if not entry.instances and "gateway" not in entry.extra:
             rows.append((host, "-", "-", "-", "-", "-", "no instances deployed"))
+        for model, states in (gateway or {}).items():
+            where = ", ".join(f"{name} {state}" for name, state in states.items()) or "none"
+            notes.append(f"{host}: gateway: {model!r}: {where}")
         gpu = entry.extra.get("gpu_health")
         if gpu and gpu["applicable"]:
             notes.append(f"{host}: {gpu_health.summary(gpu)}")

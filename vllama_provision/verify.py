@@ -36,6 +36,8 @@ from vllama_provision.report import Report
 # vllama_verify module streams the same completion on the host (its max_tokens default).
 MAX_TOKENS = 8
 UNKNOWN_MODEL = "vllama-verify-no-such-model"
+# The gateway names the instance that answered a request in this header (its upstream id).
+INSTANCE_HEADER = "x-vllama-instance"
 READY_TIMEOUT = 30.0  # an engine `verify` finds starting gets this long to become ready
 REQUEST_TIMEOUT = 120.0
 
@@ -104,7 +106,8 @@ async def _unknown_model(client: httpx.AsyncClient, base: str,
 
 
 async def _stream(client: httpx.AsyncClient, base: str, headers: dict[str, str], served: str,
-                  prompt: str) -> tuple[str, float, float | None]:
+                  prompt: str, answered_by: list[str] | None = None
+                  ) -> tuple[str, float, float | None]:
     body = {"model": served, "temperature": 0, "max_tokens": MAX_TOKENS, "stream": True,
             "messages": [{"role": "user", "content": prompt}]}
     start = time.monotonic()
@@ -114,6 +117,8 @@ async def _stream(client: httpx.AsyncClient, base: str, headers: dict[str, str],
                              json=body, timeout=REQUEST_TIMEOUT) as reply:
         if reply.status_code != 200:
             raise _Failed(f"the streamed chat completion answered {reply.status_code}")
+        if answered_by is not None:
+            answered_by.append(reply.headers.get(INSTANCE_HEADER, ""))
         async for line in reply.aiter_lines():
             if not line.startswith("data:"):
                 continue
@@ -178,6 +183,80 @@ def verify_all(targets: Iterable[tuple[str, dict[str, Any], str]],
             for (host, inst, _prompt), check in zip(todo, results, strict=True)}
 
 
+@dataclass
+class GatewayCheck:
+    """One model asked through one gateway."""
+
+    model: str
+    verified: bool
+    detail: str
+    answered_by: str = ""  # HOST/INSTANCE
+    answer: str | None = None
+    ttft_ms: float | None = None
+
+
+async def _through_gateway(client: httpx.AsyncClient, plan: Any, key: str, prompt: str
+                           ) -> list[GatewayCheck]:
+    """Each model with instances, asked through the gateway ``plan`` (a GatewayPlan): it lists
+    the model, refuses a request without a key (401), and one of the model's instances answers
+    the verification's streamed completion (the gateway names it)."""
+    base, headers = plan.endpoint, {"Authorization": f"Bearer {key}"}
+    names = {u.id: f"{u.host}/{u.instance}" for u in plan.upstreams}
+    models = [m for m in plan.models if m.upstreams]
+    try:
+        denied = await client.get(f"{base}/v1/models")
+        listed = await client.get(f"{base}/v1/models", headers=headers)
+    except httpx.TransportError as exc:
+        return [GatewayCheck(m.name, False, f"the gateway does not answer ({exc})")
+                for m in models]
+    served = {m.get("id") for m in (listed.json().get("data") or [])} \
+        if listed.status_code == 200 else set()
+
+    async def one(model: Any) -> GatewayCheck:
+        if denied.status_code != 401:
+            return GatewayCheck(model.name, False, f"/v1/models without a key answered "
+                                f"{denied.status_code}, expected 401")
+        if model.name not in served:
+            return GatewayCheck(model.name, False, "the gateway does not list it (no instance "
+                                "up and in service)")
+        answered: list[str] = []
+        try:
+            answer, ttft, _rate = await _stream(client, base, headers, model.name, prompt,
+                                                answered)
+        except (httpx.TransportError, _Failed, ValueError, KeyError, IndexError) as exc:
+            return GatewayCheck(model.name, False, str(exc) or type(exc).__name__)
+        who = names.get(answered[0] if answered else "", "")
+        return GatewayCheck(model.name, True, f"answered by {who or 'an unknown instance'}",
+                            who, answer, ttft)
+
+    return list(await asyncio.gather(*(one(m) for m in models)))
+
+
+def verify_gateways(plans: dict[str, Any], prompts: dict[str, str]
+                    ) -> dict[str, list[GatewayCheck]]:
+    """Every model through every gateway (GATEWAY HOST -> its GatewayPlan), each gateway with
+    its host's verification prompt."""
+    from vllama_provision.gateway import gateway_key_path
+
+    async def run() -> dict[str, list[GatewayCheck]]:
+        async with httpx.AsyncClient(timeout=httpx.Timeout(10.0, read=REQUEST_TIMEOUT)) as client:
+            found: dict[str, list[GatewayCheck]] = {}
+            for host, plan in plans.items():
+                first = plan.keys[0] if plan.keys else None
+                path = Path(first["copy"]) if first else Path(gateway_key_path("default"))
+                try:
+                    key = path.read_text(encoding="utf-8").strip()
+                except OSError:
+                    found[host] = [GatewayCheck(m.name, False, f"no copy of the client key "
+                                                f"{path.stem!r} on this controller")
+                                   for m in plan.models if m.upstreams]
+                    continue
+                found[host] = await _through_gateway(client, plan, key, prompts[host])
+            return found
+
+    return asyncio.run(run()) if plans else {}
+
+
 def verify_from_controller(host: str, instance: dict[str, Any], prompt: str,
                            ready_timeout: float = READY_TIMEOUT) -> ControllerCheck:
     """One instance (see verify_all)."""
@@ -193,12 +272,16 @@ def verify_fleet(inventory: Path, limit: str | None, *, verbose: int = 0) -> Rep
     from dataclasses import asdict
 
     from vllama_provision import facts as fact_cache
+    from vllama_provision.gateway import plan_inventory_gateways
     from vllama_provision.inventory import load_inventory
     from vllama_provision.planner import plan_host
     from vllama_provision.runner import Progress, RunRequest, run_playbook
 
-    hosts = list(load_inventory(inventory, limit))  # bad input never reaches a host
+    inv = load_inventory(inventory, limit)  # bad input never reaches a host
+    hosts = list(inv)
     plans = {h.name: plan_host(h, fact_cache.load(inventory, h.name)) for h in hosts}
+    gateways = {name: plan for name, plan in plan_inventory_gateways(inv).items()
+                if name in plans}
     on_host = {name for name, plan in plans.items()
                if plan.platform in (None, "linux-nvidia") or plan.refused}
     targets = [(name, asdict(inst), plan.verify_prompt) for name, plan in plans.items()
@@ -233,6 +316,24 @@ def verify_fleet(inventory: Path, limit: str | None, *, verbose: int = 0) -> Rep
                               progress=Progress())
         for name, entry in played.report.hosts.items():
             report.hosts[name] = entry
+    # Then each model through each gateway: which instance answered it.
+    prompts = {name: plans[name].verify_prompt for name in gateways}
+    for gateway, found in verify_gateways(gateways, prompts).items():
+        entry = report.host(gateway)
+        entry.extra["gateway"] = {c.model: {"verified": c.verified, "detail": c.detail,
+                                            "answered_by": c.answered_by, "answer": c.answer,
+                                            "ttft_ms": c.ttft_ms} for c in found}
+        failed = [f"gateway: {c.model}: {c.detail}" for c in found if not c.verified]
+        if failed:
+            entry.status = "failed"
+            entry.error = "; ".join([entry.error] * bool(entry.error) + failed)
+            entry.failed_task = entry.failed_task or "Verify every model through the gateway."
+        for check in found:
+            host, _, name = check.answered_by.partition("/")
+            if check.verified and host in report.hosts:
+                for item in report.hosts[host].instances:
+                    if item.name == name and "gateway" not in item.verified_from:
+                        item.verified_from.append("gateway")
     report.hosts = dict(sorted(report.hosts.items()))
     return report
 

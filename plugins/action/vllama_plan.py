@@ -22,6 +22,7 @@ from ansible_collections.vllama.provision.plugins.plugin_utils.vllama_sources im
 
 try:  # the vllama-provision package, in exactly this collection's version (checked at run)
     from vllama_provision import gpu
+    from vllama_provision.gateway import admin_socket, upstream_id
     from vllama_provision.inventory import HostSpec, host_vars_from_task, to_plain
     from vllama_provision.paths import key_path
     from vllama_provision.planner import EngineOverride, plan_host
@@ -73,6 +74,12 @@ class ActionModule(ActionBase):
             # ... and which key copies this controller holds (verification reads them).
             data["controller_keys"] = {i.name: key_path(host, i.name).is_file()
                                        for i in plan.instances}
+        # The fleet's gateways (whatever the run's limit): a restart drains the instance from
+        # each of them first and returns it once it verified.
+        data["gateways"] = {
+            "hosts": list((task_vars.get("groups") or {}).get("vllama_gateways") or []),
+            "socket": admin_socket(),
+            "servers": {i.name: upstream_id(host, i.name) for i in plan.instances}}
         refusals = [f"{c['instance'] + ': ' if c['instance'] else ''}{c['message']}"
                     for c in data["checks"] + [c for i in data["instances"] for c in i["checks"]]
                     if c["level"] == "refuse"]

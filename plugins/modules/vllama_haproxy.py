@@ -16,12 +16,24 @@ description:
     drained instances drained. Nothing is written when the gateway is not running.
   - C(operation=servers) returns the state of every instance in every model backend, waiting
     up to O(wait) seconds for each model with instances to have one up.
+  - C(operation=drain) takes the instances named in O(servers) out of every model backend
+    (HAProxy's C(drain) state, no new request, the running ones finish) and waits up to
+    O(wait) seconds for their running requests to end.
+  - C(operation=ready) puts them back and waits up to O(wait) seconds for HAProxy's health
+    checks to see them up, so the next instance of a rollout is drained only once this one
+    serves again.
+  - A gateway that is not set up yet (no admin socket) has nothing to drain or return.
 options:
   operation:
     description: What to do.
     type: str
-    choices: [info, save_state, servers]
+    choices: [info, save_state, servers, drain, ready]
     default: info
+  servers:
+    description: Upstream ids of the instances to drain or return (C(u_HOST.INSTANCE)).
+    type: list
+    elements: str
+    default: []
   socket:
     description: The admin socket (C(stats socket ... level admin)).
     type: path
@@ -31,7 +43,10 @@ options:
     type: path
     default: /var/lib/vllama-gateway/server-state
   wait:
-    description: Seconds to wait for every model to have an instance up (with C(operation=servers)).
+    description:
+      - Seconds to wait for every model to have an instance up (C(operation=servers)), for the
+        drained instances' requests to end (C(drain)) or for the returned ones to be up
+        (C(ready)).
     type: int
     default: 0
 author: vllama-provision maintainers (@vllama-provision)
@@ -68,6 +83,21 @@ servers:
   description: Per model backend, each instance's status (UP, DOWN, DRAIN, MAINT, ...).
   returned: operation=servers
   type: dict
+busy:
+  description: Drained instances still running requests when O(wait) ran out.
+  returned: operation=drain
+  type: list
+  elements: str
+gaps:
+  description: Drained instances whose model had no other instance up and in service.
+  returned: operation=drain
+  type: list
+  elements: str
+down:
+  description: Models with no instance up (C(servers)); returned instances not up (C(ready)).
+  returned: operation=servers or operation=ready
+  type: list
+  elements: str
 """
 
 import os
@@ -151,26 +181,80 @@ def save(module, sock, path):
     return True
 
 
-def servers(sock):
-    """{backend: {server: status}} for the model backends (m_*)."""
-    found = {}
+def stat_rows(sock):
+    """The rows of ``show stat`` for the instances of the model backends (m_*)."""
+    rows = []
     lines = ask(sock, "show stat").splitlines()
     if not lines or not lines[0].startswith("# "):
-        return found
+        return rows
     header = lines[0][2:].split(",")
     for line in lines[1:]:
         row = dict(zip(header, line.split(",")))  # noqa: B905 - modules run on Python 3.8+
-        proxy, name = row.get("pxname", ""), row.get("svname", "")
-        if proxy.startswith("m_") and name not in ("FRONTEND", "BACKEND"):
-            found.setdefault(proxy, {})[name] = row.get("status", "")
+        if row.get("pxname", "").startswith("m_") and \
+                row.get("svname") not in ("FRONTEND", "BACKEND"):
+            rows.append(row)
+    return rows
+
+
+def servers(sock):
+    """{backend: {server: status}} for the model backends (m_*)."""
+    found = {}
+    for row in stat_rows(sock):
+        found.setdefault(row["pxname"], {})[row["svname"]] = row.get("status", "")
     return found
+
+
+def _busy(row):
+    return int(row.get("scur") or 0) + int(row.get("qcur") or 0) > 0
+
+
+def gaps(rows, ids):
+    """The instances among ``ids`` whose model has no other instance up and in service: their
+    model has a gap while they are out."""
+    wanted = set(ids)
+    serving = {}
+    for row in rows:
+        if row["svname"] not in wanted and row.get("status", "").startswith("UP"):
+            serving[row["pxname"]] = True
+    return sorted(r["svname"] for r in rows
+                  if r["svname"] in wanted and not serving.get(r["pxname"]))
+
+
+def set_state(module, sock, ids, state, wait):
+    """Drain or return the instances ``ids``; (changed, the ones still busy or not up, the ones
+    whose model has no other instance)."""
+    wanted = set(ids)
+    everything = stat_rows(sock)
+    rows = [r for r in everything if r["svname"] in wanted]
+    alone = gaps(everything, ids)
+    target = "DRAIN" if state == "drain" else "UP"
+    changed = any((r.get("status") == "DRAIN") != (state == "drain") for r in rows)
+    if module.check_mode:
+        return changed, [], alone
+    for row in rows:
+        answer = ask(sock, f"set server {row['pxname']}/{row['svname']} state {state}").strip()
+        if answer:
+            module.fail_json(msg=f"HAProxy refused to {state} {row['svname']}: {answer}")
+    deadline = time.monotonic() + wait
+    while True:
+        rows = [r for r in stat_rows(sock) if r["svname"] in wanted]
+        if state == "drain":
+            pending = sorted(r["svname"] for r in rows if _busy(r))
+        else:
+            pending = sorted(r["svname"] for r in rows if not r.get("status", "").startswith(
+                target))
+        if not pending or time.monotonic() >= deadline:
+            return changed, pending, alone
+        time.sleep(0.5)
 
 
 def main():
     module = AnsibleModule(
         argument_spec={
-            "operation": {"type": "str", "choices": ["info", "save_state", "servers"],
+            "operation": {"type": "str",
+                          "choices": ["info", "save_state", "servers", "drain", "ready"],
                           "default": "info"},
+            "servers": {"type": "list", "elements": "str", "default": []},
             "socket": {"type": "path", "default": "/run/vllama-gateway/admin.sock"},
             "path": {"type": "path", "default": "/var/lib/vllama-gateway/server-state"},
             "wait": {"type": "int", "default": 0},
@@ -183,6 +267,18 @@ def main():
     if operation == "save_state":
         module.exit_json(changed=False, saved=save(module, module.params["socket"],
                                                    module.params["path"]))
+    if operation in ("drain", "ready"):
+        sock = module.params["socket"]
+        if not os.path.exists(sock):
+            module.exit_json(changed=False, absent=True, busy=[], down=[], gaps=[])
+        try:
+            changed, pending, alone = set_state(module, sock, module.params["servers"],
+                                                operation, module.params["wait"])
+        except OSError as exc:
+            module.fail_json(msg=f"the gateway's admin socket does not answer: {exc}")
+        key = "busy" if operation == "drain" else "down"
+        module.exit_json(changed=changed, gaps=alone if operation == "drain" else [],
+                         **{key: pending})
     deadline = time.monotonic() + module.params["wait"]
     while True:
         try:

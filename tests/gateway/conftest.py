@@ -5,6 +5,7 @@ whole tier."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 import time
 from collections.abc import Iterator
@@ -13,11 +14,18 @@ from typing import Any
 
 import pytest
 from e2e.conftest import engine_wheel, run_cli, smollm2_instance, write_inventory
+from wheels import ensure_relabelled
 
 from vllama_provision import paths
 from vllama_provision.gateway import gateway_key_path
 
 __all__ = ["engine_wheel", "run_cli"]
+
+
+@pytest.fixture(scope="session")
+def relabelled_wheel(engine_wheel: list[Path]) -> Path:
+    """The wheelhouse key of the relabelled build (``NEW``), made once from the real wheel."""
+    return ensure_relabelled(engine_wheel[0])
 
 SHARED = "smollm2-135m-instruct"  # served by e1 and e2
 SINGLE = "smollm2-b"              # served by e3 alone
@@ -54,6 +62,29 @@ class Service:
             assert time.monotonic() < deadline, f"the gateway serves {self.served()}, not {want}"
             time.sleep(1)
 
+    def version(self, host: Any) -> str:
+        """The engine version of the release ``host`` serves."""
+        manifest = host.ssh("cat /opt/vllama/instances/smollm2/current/manifest.json").stdout
+        return json.loads(manifest)["engine_version"]
+
+    def admin(self, command: str) -> str:
+        """One command on the gateway's admin socket."""
+        script = ("import socket, sys; s = socket.socket(socket.AF_UNIX); "
+                  "s.connect('/run/vllama-gateway/admin.sock'); "
+                  "s.sendall(sys.argv[1].encode() + b'\\n'); "
+                  "print(b''.join(iter(lambda: s.recv(65536), b'')).decode())")
+        return self.gateway.ssh(f"python3 -c \"{script}\" '{command}'").stdout
+
+    def stat(self, backend: str) -> dict[str, str]:
+        """The gateway's own counters of a model backend (HAProxy's `show stat`)."""
+        lines = self.admin("show stat").splitlines()
+        header = lines[0][2:].split(",")
+        for line in lines[1:]:
+            row = dict(zip(header, line.split(","), strict=False))
+            if row.get("pxname") == backend and row.get("svname") == "BACKEND":
+                return row
+        raise AssertionError(f"no backend {backend} in the gateway's stats")
+
     def access_log(self) -> str:
         return self.gateway.ssh("journalctl -u vllama-gateway -o cat --no-pager").stdout
 
@@ -73,10 +104,15 @@ def service(lab_factory_module: Any, lab_golden: Path, engine_wheel: list[Path],
     common = {"vllama_platform": "linux-cpu", "vllama_lock_wait": 0,
               "vllama_verify_timeout": 300}
     inventory = write_inventory(lab, folder / "service.yml", {
-        gw.name: {**common, "vllama_gateway_check_interval": 1},
+        # Checks every second; a request queued behind the long stream of
+        # test_a_long_stream_keeps_its_instance_up... waits longer than the default 60 s.
+        gw.name: {**common, "vllama_gateway_check_interval": 1,
+                  "vllama_gateway_queue_timeout": 300},
         e1.name: {**common, "vllama_instances": [smollm2_instance(served_name=SHARED)]},
         e2.name: {**common, "vllama_instances": [smollm2_instance(served_name=SHARED)]},
-        e3.name: {**common, "vllama_instances": [smollm2_instance(served_name=SINGLE)]},
+        # Room for the long stream of test_a_long_stream_keeps_its_instance_up...
+        e3.name: {**common, "vllama_instances": [smollm2_instance(served_name=SINGLE,
+                                                                  ctx_size=8192)]},
     })
     text = inventory.read_text()
     inventory.write_text(text + f"  children:\n    vllama_gateways:\n      hosts:\n"
@@ -85,3 +121,4 @@ def service(lab_factory_module: Any, lab_golden: Path, engine_wheel: list[Path],
     assert result.rc == 0, result.stderr
     url = f"http://{gw.address}:4000"
     yield Service(lab, inventory, gw, [e1, e2, e3], url)
+

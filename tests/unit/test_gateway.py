@@ -217,3 +217,108 @@ def test_render_never_holds_a_key(tmp_path: Path, state: Path) -> None:
     for item in files:
         assert secret not in item.content and client not in item.content
         assert item.content.startswith("#\n# Managed by") or item.content.startswith("--")
+
+
+# ------------------------------------------------------ the module a rollout drains with ---
+
+
+def _haproxy_module():
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[2] / "plugins" / "modules" / "vllama_haproxy.py"
+    spec = importlib.util.spec_from_file_location("vllama_haproxy_module", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class _FakeModule:
+    check_mode = False
+
+    def fail_json(self, **kwargs):
+        raise AssertionError(kwargs)
+
+
+def _row(backend: str, server: str, status: str, scur: int = 0) -> dict[str, str]:
+    return {"pxname": backend, "svname": server, "status": status, "scur": str(scur),
+            "qcur": "0"}
+
+
+def test_a_drain_waits_for_running_requests_and_names_the_gaps(monkeypatch) -> None:
+    haproxy = _haproxy_module()
+    table = [_row("m_chat", "u_a.x", "UP", scur=1), _row("m_chat", "u_b.x", "UP"),
+             _row("m_solo", "u_a.y", "UP", scur=1)]
+    asked: list[str] = []
+    polls = iter(range(100))
+
+    def stat_rows(_sock):
+        if next(polls) >= 2:  # the running requests end after two polls
+            for row in table:
+                row["scur"] = "0"
+        return [dict(r) for r in table]
+
+    def ask(_sock, command):
+        asked.append(command)
+        server = command.split()[2].split("/")[1]
+        for row in table:
+            if row["svname"] == server:
+                row["status"] = "DRAIN"
+        return "\n"
+
+    monkeypatch.setattr(haproxy, "stat_rows", stat_rows)
+    monkeypatch.setattr(haproxy, "ask", ask)
+    monkeypatch.setattr(haproxy.time, "sleep", lambda _s: None)
+    changed, busy, gaps = haproxy.set_state(_FakeModule(), "/sock", ["u_a.x", "u_a.y"],
+                                            "drain", wait=30)
+    assert changed and busy == []
+    assert asked == ["set server m_chat/u_a.x state drain", "set server m_solo/u_a.y state drain"]
+    # m_chat keeps u_b.x in service; m_solo has no other instance: a gap.
+    assert gaps == ["u_a.y"]
+
+
+def test_a_drain_that_runs_out_of_time_says_which_are_still_busy(monkeypatch) -> None:
+    haproxy = _haproxy_module()
+    table = [_row("m_chat", "u_a.x", "DRAIN", scur=2)]
+    clock = iter(float(t) for t in range(1000))
+    monkeypatch.setattr(haproxy, "stat_rows", lambda _sock: [dict(r) for r in table])
+    monkeypatch.setattr(haproxy, "ask", lambda _sock, _command: "")
+    monkeypatch.setattr(haproxy.time, "sleep", lambda _s: None)
+    monkeypatch.setattr(haproxy.time, "monotonic", lambda: next(clock))
+    changed, busy, _gaps = haproxy.set_state(_FakeModule(), "/sock", ["u_a.x"], "drain", wait=5)
+    assert (changed, busy) == (False, ["u_a.x"])
+
+
+def test_an_upgrade_leaves_out_gateway_hosts_that_serve_nothing(tmp_path: Path,
+                                                                state: Path) -> None:
+    from vllama_provision.fleet_cli import target_hosts
+
+    names, _hosts = target_hosts(_fleet(tmp_path), None, engine="llamacpp")
+    assert names == ["e1", "e2"]
+
+
+def test_status_shows_each_model_in_each_gateway() -> None:
+    from vllama_provision.report import shape_problems
+    from vllama_provision.status import render, shape
+
+    empty = {"instances": {}, "lock": None, "history": []}
+    views = {"gw": {"chat": {"u_e1.smol": "UP", "u_e2.smol": "DRAIN"}},
+             "gw-down": {"chat": {"u_e1.smol": "DOWN"}}, "gw-silent": None}
+    hosts = ["gw", "gw-down", "gw-silent", "plain"]
+    report = shape(hosts, dict.fromkeys(hosts, empty), {}, Report("status"), None, views)
+    doc = report.to_dict()
+    assert shape_problems(doc, "status") == []
+    assert doc["hosts"]["gw"]["gateway"] == {"chat": {"e1/smol": "UP", "e2/smol": "DRAIN"}}
+    assert [doc["hosts"][h]["healthy"] for h in hosts] == [True, False, False, False]
+    assert doc["hosts"]["gw-down"]["error"] == "gateway: 'chat' has no instance up"
+    assert "not answering" in doc["hosts"]["gw-silent"]["error"]
+    assert doc["hosts"]["plain"]["error"] == "no instances deployed"
+    assert "gw: gateway: 'chat': e1/smol UP, e2/smol DRAIN" in render(report)
+
+
+def test_rotating_a_generated_client_key_replaces_it_privately(state: Path) -> None:
+    first = gateway.client_key({"name": "team-a", "key_file": ""})
+    gateway.rotate_client_key("team-a")
+    copy = Path(gateway.gateway_key_path("team-a"))
+    assert copy.read_text().strip() != first
+    assert stat.S_IMODE(copy.stat().st_mode) == 0o600
+    assert gateway.client_key({"name": "team-a", "key_file": ""}) == copy.read_text().strip()
