@@ -85,6 +85,13 @@ class GatewayPlan:
     checks: list[Check] = field(default_factory=list)
     routes: list[str] = field(default_factory=lambda: list(ROUTES))
     health_path: str = HEALTH_PATH
+    # Controller-side certificate and key of the listener ("" each: plain http).
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+
+    @property
+    def tls(self) -> bool:
+        return bool(self.tls_cert_file)
 
     @property
     def upstreams(self) -> list[Upstream]:
@@ -93,6 +100,7 @@ class GatewayPlan:
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["upstreams"] = [asdict(u) for u in self.upstreams]
+        data["tls"] = self.tls
         return data
 
 
@@ -108,7 +116,8 @@ def gateway_paths() -> dict[str, str]:
     return {"config_dir": CONFIG_DIR, "config": f"{CONFIG_DIR}/haproxy.cfg",
             "lua": f"{CONFIG_DIR}/gateway.lua", "models_map": f"{CONFIG_DIR}/models.map",
             "clients_map": f"{CONFIG_DIR}/clients.map",
-            "upstreams_map": f"{CONFIG_DIR}/upstreams.map", "run_dir": RUN_DIR,
+            "upstreams_map": f"{CONFIG_DIR}/upstreams.map", "tls_pem": f"{CONFIG_DIR}/tls.pem",
+            "run_dir": RUN_DIR,
             "admin_socket": f"{RUN_DIR}/admin.sock", "state_dir": STATE_DIR,
             "server_state": f"{STATE_DIR}/server-state", "unit_name": UNIT,
             "unit": f"/etc/systemd/system/{UNIT}"}
@@ -211,9 +220,13 @@ def plan_gateway(host: HostSpec, routes: list[ModelRoute], checks: Sequence[Chec
                                      "gap while that instance switches releases"))
         kept.append(ModelRoute(route.name, route.backend, upstreams))
     p = gateway_paths()
+    cert = str(host.var("vllama_gateway_tls_cert_file") or "")
+    scheme = "https" if cert else "http"
     return GatewayPlan(host=host.name, bind_address=bind, port=port,
-                       endpoint=f"http://{url_host}:{port}", settings=settings, keys=keys,
-                       models=kept, paths=p, files=gateway_files(p), checks=plan_checks)
+                       endpoint=f"{scheme}://{url_host}:{port}", settings=settings, keys=keys,
+                       models=kept, paths=p, files=gateway_files(p), checks=plan_checks,
+                       tls_cert_file=cert,
+                       tls_key_file=str(host.var("vllama_gateway_tls_key_file") or ""))
 
 
 def gateway_key_path(name: str) -> str:
@@ -294,6 +307,22 @@ def client_key(entry: dict[str, str]) -> str:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(_new_key())
     return _read_key(str(path), f"client key {entry['name']}")
+
+
+def tls_pem(plan: dict[str, Any]) -> str:
+    """The listener's certificate chain and private key in one PEM (what HAProxy's ``crt``
+    reads), from the controller's files; '' without TLS."""
+    from pathlib import Path
+
+    if not plan.get("tls_cert_file"):
+        return ""
+    parts = []
+    for path in (plan["tls_cert_file"], plan["tls_key_file"]):
+        try:
+            parts.append(Path(path).read_text(encoding="utf-8").strip() + "\n")
+        except OSError as exc:
+            raise GatewayKeyError(f"{path} cannot be read ({exc.strerror})") from None
+    return "".join(parts)
 
 
 def key_maps(plan: dict[str, Any]) -> tuple[list[list[str]], dict[str, str]]:

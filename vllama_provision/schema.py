@@ -274,6 +274,13 @@ GATEWAY_OPTIONS: tuple[Option, ...] = (
            "model has no healthy instance.", default=5, minimum=1, maximum=3600),
     Option("vllama_gateway_maxconn", "int", "Client connections the gateway holds at once.",
            default=512, minimum=1, maximum=100000),
+    Option("vllama_gateway_tls_cert_file", "str", "Controller-side PEM certificate (chain) for "
+           "the gateway's listener, with vllama_gateway_tls_key_file: clients then use https. "
+           "Empty: plain http (keys cross the network in clear).",
+           default="", pattern=r"^$|" + ABS_PATH_PATTERN[1:], pattern_help="an absolute path"),
+    Option("vllama_gateway_tls_key_file", "str", "Controller-side private key (PEM, 0600) of "
+           "vllama_gateway_tls_cert_file.",
+           default="", pattern=r"^$|" + ABS_PATH_PATTERN[1:], pattern_help="an absolute path"),
 )
 
 HOST_OPTION_NAMES = frozenset(o.name for o in HOST_OPTIONS)

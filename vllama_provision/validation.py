@@ -278,6 +278,21 @@ def _check_gateway_vars(present: Mapping[str, Any], gateway: bool, flagged: set[
                                     allowed=f"add the host to {schema.GATEWAY_GROUP}, or remove "
                                     "the variable", **where))
         return problems
+    cert = present.get("vllama_gateway_tls_cert_file") or ""
+    key = present.get("vllama_gateway_tls_key_file") or ""
+    if bool(cert) != bool(key) and not {"vllama_gateway_tls_cert_file",
+                                        "vllama_gateway_tls_key_file"} & flagged:
+        problems.append(Problem("needs its pair: a certificate and its private key, or neither",
+                                variable="vllama_gateway_tls_key_file" if cert
+                                else "vllama_gateway_tls_cert_file",
+                                allowed="both vllama_gateway_tls_cert_file and "
+                                "vllama_gateway_tls_key_file, or neither", **where))
+    elif key and "vllama_gateway_tls_key_file" not in flagged:
+        problems += _check_secret_file(key, "vllama_gateway_tls_key_file", where)
+        if cert and not os.path.isfile(cert):
+            problems.append(Problem("cannot be read on the controller", value=cert,
+                                    has_value=True, variable="vllama_gateway_tls_cert_file",
+                                    **where))
     keys = present.get("vllama_gateway_keys")
     if "vllama_gateway_keys" in flagged or not isinstance(keys, list):
         return problems

@@ -17,7 +17,7 @@ and returns a list of problems (empty = valid). A validator whose tool is missin
 * launchd plists: :mod:`plistlib` (expat underneath) plus the keys launchd needs.
 * the gateway's HAProxy configuration: the real ``haproxy -c`` (the OS package), on a temporary
   copy of the gateway's folder (the Lua file and the models map as rendered; the key maps,
-  which exist only on the host, empty).
+  which exist only on the host, empty; a throwaway certificate for a TLS listener).
 * engine environment files: parsed like systemd 252 parses ``EnvironmentFile=`` (env-file.c), then
   ``$VLLAMA_ENGINE_ARGS`` split like ``ExecStart=`` splits an unquoted ``$VAR`` word
   (env-util.c ``replace_env_argv``: ``EXTRACT_RELAX|EXTRACT_UNQUOTE``), and compared with the
@@ -607,6 +607,23 @@ def _validate_env(content: str, dest: str, instance: InstancePlan | None) -> lis
 # The gateway's HAProxy configuration
 
 
+def _throwaway_certificate(target: Path) -> None:
+    """A self-signed certificate and key in one PEM, standing in for the listener's (which only
+    the gateway host holds) so `haproxy -c` can read a TLS configuration."""
+    tool = shutil.which("openssl")
+    if tool is None:
+        raise ValidatorUnavailable("openssl is not installed (a TLS gateway needs a stand-in "
+                                   "certificate for haproxy -c)")
+    key, cert = target.with_suffix(".key"), target.with_suffix(".crt")
+    result = _run([tool, "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                   "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1", "-subj",
+                   "/CN=vllama-validate", "-keyout", str(key), "-out", str(cert)])
+    if result.returncode != 0:
+        raise ValidatorUnavailable(f"openssl could not make a stand-in certificate: "
+                                   f"{result.stderr.strip()}")
+    target.write_text(cert.read_text() + key.read_text(), encoding="utf-8")
+
+
 def verify_haproxy_config(text: str, companions: Mapping[str, str] | None = None, *,
                           config_dir: str = "/etc/vllama/gateway") -> list[str]:
     """``haproxy -c`` of a gateway configuration; every line it prints is a problem.
@@ -628,6 +645,8 @@ def verify_haproxy_config(text: str, companions: Mapping[str, str] | None = None
                  if str(Path(dest).parent) == config_dir}
         for name in named:
             (folder / name).write_text(given.get(name, ""), encoding="utf-8")
+        if "tls.pem" in named and "tls.pem" not in given:
+            _throwaway_certificate(folder / "tls.pem")
         config = folder / "haproxy.cfg"
         config.write_text(text.replace(config_dir + "/", f"{folder}/"), encoding="utf-8")
         result = _run([tool, "-c", "-f", str(config)])

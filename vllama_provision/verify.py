@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -238,21 +239,27 @@ def verify_gateways(plans: dict[str, Any], prompts: dict[str, str]
     its host's verification prompt."""
     from vllama_provision.gateway import gateway_key_path
 
+    async def one(host: str, plan: Any) -> list[GatewayCheck]:
+        first = plan.keys[0] if plan.keys else None
+        path = Path(first["copy"]) if first else Path(gateway_key_path("default"))
+        try:
+            key = path.read_text(encoding="utf-8").strip()
+        except OSError:
+            return [GatewayCheck(m.name, False, f"no copy of the client key {path.stem!r} on "
+                                 "this controller") for m in plan.models if m.upstreams]
+        # A TLS listener is checked against the system's CAs and its own certificate (which
+        # may be self-signed).
+        trust: Any = True
+        if plan.tls:
+            trust = ssl.create_default_context()
+            trust.load_verify_locations(plan.tls_cert_file)
+        async with httpx.AsyncClient(timeout=httpx.Timeout(10.0, read=REQUEST_TIMEOUT),
+                                     verify=trust) as client:
+            return await _through_gateway(client, plan, key, prompts[host])
+
     async def run() -> dict[str, list[GatewayCheck]]:
-        async with httpx.AsyncClient(timeout=httpx.Timeout(10.0, read=REQUEST_TIMEOUT)) as client:
-            found: dict[str, list[GatewayCheck]] = {}
-            for host, plan in plans.items():
-                first = plan.keys[0] if plan.keys else None
-                path = Path(first["copy"]) if first else Path(gateway_key_path("default"))
-                try:
-                    key = path.read_text(encoding="utf-8").strip()
-                except OSError:
-                    found[host] = [GatewayCheck(m.name, False, f"no copy of the client key "
-                                                f"{path.stem!r} on this controller")
-                                   for m in plan.models if m.upstreams]
-                    continue
-                found[host] = await _through_gateway(client, plan, key, prompts[host])
-            return found
+        found = await asyncio.gather(*(one(host, plan) for host, plan in plans.items()))
+        return dict(zip(plans, found, strict=True))
 
     return asyncio.run(run()) if plans else {}
 

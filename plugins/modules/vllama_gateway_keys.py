@@ -1,5 +1,6 @@
 #!/usr/bin/python
-"""Write the gateway's two key maps, 0600 root, atomically; never print a key.
+"""Write the gateway's two key maps (and its TLS certificate and key), 0600 root, atomically;
+never print a key.
 
 clients.map holds one line per client key: its SHA-256 (hex) and its name; HAProxy hashes the
 key a request carries and looks the hash up, so the gateway host never holds a client key.
@@ -35,6 +36,13 @@ options:
     description: Each instance's key by upstream id.
     type: dict
     required: true
+  tls_pem_file:
+    description: Path of the listener's certificate and key (with O(tls_pem)).
+    type: path
+  tls_pem:
+    description: The listener's certificate chain and private key, PEM; empty removes the file.
+    type: str
+    default: ""
   plan:
     description: The gateway plan (C(_vllama_gateway)); read by the action plugin only.
     type: dict
@@ -102,6 +110,8 @@ def main():
             "upstreams_map": {"type": "path", "required": True},
             "clients": {"type": "list", "elements": "list", "required": True, "no_log": False},
             "upstreams": {"type": "dict", "required": True, "no_log": True},
+            "tls_pem_file": {"type": "path"},
+            "tls_pem": {"type": "str", "default": "", "no_log": True},
             "plan": {"type": "dict"},
         },
         supports_check_mode=True,
@@ -120,6 +130,13 @@ def main():
         f"{uid} Bearer {key}\n" for uid, key in sorted(upstreams.items()))
     changed = _write(module, module.params["clients_map"], client_text)
     changed = _write(module, module.params["upstreams_map"], upstream_text) or changed
+    pem_file = module.params["tls_pem_file"]
+    if pem_file and module.params["tls_pem"]:
+        changed = _write(module, pem_file, module.params["tls_pem"]) or changed
+    elif pem_file and os.path.exists(pem_file):
+        if not module.check_mode:
+            os.unlink(pem_file)
+        changed = True
     module.exit_json(changed=changed, clients=[pair[1] for pair in clients],
                      upstreams=sorted(upstreams))
 

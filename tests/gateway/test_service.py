@@ -329,3 +329,41 @@ def test_a_rotated_client_key_replaces_the_old_one(service: Service, run_cli: An
     with pytest.raises(openai.AuthenticationError):
         service.client(key=old).models.list()
     assert service.served() == {SHARED, SINGLE}  # with the new key
+
+
+def test_a_tls_listener_serves_https_and_verify_trusts_its_certificate(
+        service: Service, run_cli: Any, tmp_path: Path) -> None:
+    """Last: the gateway's listener moves to https (a reload)."""
+    import ssl
+    import subprocess
+
+    from openai import OpenAI
+
+    gw = service.gateway
+    cert, key = tmp_path / "gateway.crt", tmp_path / "gateway.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1", "-subj",
+                    f"/CN={gw.name}", "-addext", f"subjectAltName=IP:{gw.address}",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    key.chmod(0o600)
+    data = yaml.safe_load(service.inventory.read_text())
+    data["all"]["hosts"][gw.name].update(vllama_gateway_tls_cert_file=str(cert),
+                                         vllama_gateway_tls_key_file=str(key))
+    service.inventory.write_text(yaml.safe_dump(data, sort_keys=False))
+    applied = run_cli("apply", str(service.inventory), "--limit", gw.name)
+    assert applied.rc == 0, applied.stderr
+    assert applied.report["hosts"][gw.name]["gateway"]["endpoint"].startswith("https://")
+    trust = ssl.create_default_context(cafile=str(cert))
+    client = OpenAI(base_url=f"https://{gw.address}:4000/v1", api_key=service.key,
+                    max_retries=0, http_client=httpx.Client(verify=trust, timeout=60))
+    assert {m.id for m in client.models.list().data} == {SHARED, SINGLE}
+    answer = client.chat.completions.create(model=SHARED, messages=SHORT, max_tokens=4)
+    assert answer.choices[0].message.content
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(f"http://{gw.address}:4000/v1/models", timeout=5).raise_for_status()
+    assert gw.ssh("stat -c '%a %U' /etc/vllama/gateway/tls.pem").stdout.strip() == "600 root"
+    private = key.read_text().strip().splitlines()[1]
+    assert private not in gw.ssh("journalctl -o cat --no-pager").stdout
+    checked = run_cli("verify", str(service.inventory))
+    assert checked.rc == 0, checked.stderr
+    assert all(c["verified"] for c in checked.report["hosts"][gw.name]["gateway"].values())
