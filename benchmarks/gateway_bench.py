@@ -16,8 +16,8 @@ release below is prepared already), then measures in the same run:
    completion), one through the gateway and one straight to an engine, alternating (target:
    under 2 ms median added on loopback);
 3. the rollouts' wall time with the gateway (drain, switch, return) against the same rollouts
-   of the same hosts without it (the inventory without its gateway group), interleaved (target:
-   at most 1.3x).
+   of the same hosts without it (the inventory without its gateway group): two rounds of an
+   upgrade and a rollback each way, every one switching every host (target: at most 1.3x).
 """
 
 from __future__ import annotations
@@ -136,16 +136,22 @@ def main() -> int:
         client = OpenAI(base_url=f"{url}/v1", api_key=client_key, max_retries=0, timeout=180)
         times: dict[str, list[float]] = {"with": [], "without": []}
         sent = lost = cut = 0
-        for version in (NEW, OLD, NEW, OLD):
-            times["without"].append(rollout(bare, version))
-            with Clients(client, MODEL, rate=12) as clients:
-                times["with"].append(rollout(fronted, version))
-            sent += clients.sent
-            lost += len(clients.failures)
-            cut += len(clients.cut)
-            print(f"rollout to {version}: {times['without'][-1]:.1f} s without the gateway, "
-                  f"{times['with'][-1]:.1f} s with it; {clients.sent} requests, "
-                  f"{len(clients.failures)} lost, {len(clients.cut)} streams cut")
+        # Every measured rollout switches every host (upgrade to NEW, then rollback to OLD), in
+        # rounds: without the gateway, then with it, so load from elsewhere hits both alike.
+        for _round in range(2):
+            for version in (NEW, OLD):
+                times["without"].append(rollout(bare, version))
+                print(f"rollout to {version} without the gateway: "
+                      f"{times['without'][-1]:.1f} s")
+            for version in (NEW, OLD):
+                with Clients(client, MODEL, rate=12) as clients:
+                    times["with"].append(rollout(fronted, version))
+                sent += clients.sent
+                lost += len(clients.failures)
+                cut += len(clients.cut)
+                print(f"rollout to {version} with the gateway: {times['with'][-1]:.1f} s; "
+                      f"{clients.sent} requests, {len(clients.failures)} lost, "
+                      f"{len(clients.cut)} streams cut")
 
         first = engines[0]
         added = overhead(url, f"http://{first.address}:8080", client_key,
