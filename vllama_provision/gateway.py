@@ -20,11 +20,15 @@ Shape of the HAProxy configuration (templates/haproxy/vllama-gateway.cfg.j2):
 from __future__ import annotations
 
 import hashlib
+import os
 import re
+import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
+from vllama_provision import facts as fact_cache
 from vllama_provision import gpu, paths
 from vllama_provision.fleet import default_bind
 from vllama_provision.inventory import HostSpec
@@ -252,16 +256,12 @@ def template_vars(plan: GatewayPlan, managed: str) -> dict[str, Any]:
 
 def key_copy_present(path: str) -> bool:
     """Whether the controller holds a key copy (an instance's or a client key's)."""
-    from pathlib import Path
-
     return Path(path).is_file()
 
 
 def plan_inventory_gateways(inventory: Any) -> dict[str, GatewayPlan]:
     """The gateways of a loaded inventory (``inventory.Inventory``), as the CLI plans them:
     the whole fleet, with the controller's cached facts and key copies."""
-    from vllama_provision import facts as fact_cache
-
     return plan_fleet_gateways(list(inventory.fleet.values()),
                                lambda host: fact_cache.load(inventory.path, host.name),
                                key_present=key_copy_present)
@@ -272,8 +272,6 @@ class GatewayKeyError(ValueError):
 
 
 def _read_key(path: str, what: str) -> str:
-    from pathlib import Path
-
     try:
         text = Path(path).read_text(encoding="utf-8").strip()
     except OSError as exc:
@@ -284,17 +282,12 @@ def _read_key(path: str, what: str) -> str:
 
 
 def _new_key() -> str:
-    import secrets
-
     return "sk-vllama-" + secrets.token_urlsafe(32) + "\n"
 
 
 def client_key(entry: dict[str, str]) -> str:
     """A client key of the gateways: from its key_file, else the controller's generated copy
     (made on first use, 0600 in a 0700 folder)."""
-    import os
-    from pathlib import Path
-
     if entry.get("key_file"):
         return _read_key(entry["key_file"], f"client key {entry['name']}")
     path = Path(entry.get("copy") or gateway_key_path(entry["name"]))
@@ -312,8 +305,6 @@ def client_key(entry: dict[str, str]) -> str:
 def tls_pem(plan: dict[str, Any]) -> str:
     """The listener's certificate chain and private key in one PEM (what HAProxy's ``crt``
     reads), from the controller's files; '' without TLS."""
-    from pathlib import Path
-
     if not plan.get("tls_cert_file"):
         return ""
     parts = []
@@ -338,9 +329,6 @@ def key_maps(plan: dict[str, Any]) -> tuple[list[list[str]], dict[str, str]]:
 def rotate_client_key(name: str) -> None:
     """Replace a generated client key on the controller (0600); the gateways pick it up on
     their next apply."""
-    import os
-    from pathlib import Path
-
     path = Path(gateway_key_path(name))
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     tmp = path.with_name(f".{path.name}.{os.getpid()}")
