@@ -126,7 +126,9 @@ def _print_plan(host_plan: Any, err: bool = False) -> None:
                    f"under {inst.service_manager}  [{installed}]")
         echo(f"    release {inst.release}  model {inst.model['raw']}"
                    + (f" ({inst.model_file})" if inst.model_file else ""))
-        echo(f"    serves {inst.served_name!r} at {inst.endpoint}")
+        kind = "embeddings of " if inst.task == "embed" else ""
+        dims = f" ({inst.embedding_dim} dimensions)" if inst.embedding_dim else ""
+        echo(f"    serves {kind}{inst.served_name!r}{dims} at {inst.endpoint}")
         echo("    args: " + " ".join(inst.argv))
     for check in host_plan.all_checks():
         label, colour = _LEVEL_STYLE.get(check.level, (check.level, None))

@@ -84,6 +84,7 @@ class EngineSettings:
     cache_dir: str = ""
     cpu_count: int = 0
     gpus: list[str] = field(default_factory=list)
+    task: str = "chat"  # chat | embed
 
 
 def server_for(engine: str, deploy: str, platform: str) -> str:
@@ -170,6 +171,9 @@ def vllm_argv(s: EngineSettings) -> list[str]:
         ("--max-model-len", o.get("max_model_len")),
         ("--max-num-seqs", o.get("max_num_seqs")),
         ("--max-num-batched-tokens", o.get("max_num_batched_tokens")),
+        # Embeddings: vLLM's pooling runner (vLLM 0.32 has no --task; the model's own pooling
+        # configuration, e.g. sentence-transformers' 1_Pooling, applies).
+        ("--runner", "pooling" if s.task == "embed" else None),
     ]
     if s.backend == "cuda":
         pairs += [("--gpu-memory-utilization", o.get("gpu_memory_utilization")),
@@ -192,6 +196,8 @@ def llamacpp_python_argv(s: EngineSettings) -> list[str]:
         ("--n_threads_batch", o.get("threads") or None),
         # A new request must not cancel a stream in progress (the server's default does).
         ("--interrupt_requests", "False"),
+        # Embeddings: the model's pooling, /v1/embeddings answers.
+        ("--embedding", "True" if s.task == "embed" else None),
     ]
     return _flag_pairs(pairs) + list(s.extra_args)
 
@@ -205,6 +211,7 @@ def llama_server_argv(s: EngineSettings, key_file: str) -> list[str]:
         ("-c", o.get("ctx_size")),
         ("-ngl", 999 if o.get("n_gpu_layers") == -1 else o.get("n_gpu_layers")),
         ("-t", o.get("threads") or None), ("--api-key-file", key_file), ("--metrics", True),
+        ("--embeddings", s.task == "embed" or None),
     ]
     return _flag_pairs(pairs) + list(s.extra_args)
 

@@ -80,6 +80,16 @@ def validate_fleet(fleet: Sequence[HostSpec], *, file: str = "") -> list[Problem
         for inst in host.instances:
             by_name[inst["served_name"] or inst["name"]].append((host, inst))
     for name, users in sorted(by_name.items()):
+        tasks = {inst.get("task", "chat") for _, inst in users}
+        if len(tasks) > 1:
+            where = ", ".join(f"{h.name}/{i['name']} {i.get('task', 'chat')}" for h, i in users)
+            problems.append(Problem(
+                f"the served name {name!r} is a chat model on some hosts and an embedding "
+                f"model on others ({where}): the gateway routes one name to one kind of model",
+                file=file, host=users[0][0].name, instance=users[0][1]["name"],
+                variable="task", allowed="one task per served name (serve the other under "
+                                         "its own served_name)"))
+            continue
         contents = {_content(inst) for _, inst in users}
         if len(contents) > 1 and not all(inst.get("mixed_content") for _, inst in users):
             where = ", ".join(f"{h.name}/{i['name']} {i['model']}"

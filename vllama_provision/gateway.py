@@ -24,7 +24,7 @@ import os
 import re
 import secrets
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +73,8 @@ class ModelRoute:
     name: str
     backend: str
     upstreams: list[Upstream] = field(default_factory=list)
+    task: str = "chat"  # chat | embed (the fleet rules keep one task per name)
+    embedding_dim: int = 0  # embed: the model's vector length when the controller knows it
 
 
 @dataclass
@@ -181,8 +183,9 @@ def plan_routes(fleet: Sequence[HostSpec], facts_for: FactsFor
             continue
         for inst in plan.instances:
             route = routes.setdefault(inst.served_name, ModelRoute(
-                inst.served_name, _proxy_name("m", inst.served_name)))
+                inst.served_name, _proxy_name("m", inst.served_name), task=inst.task))
             route.upstreams.append(_upstream(host, inst))
+            route.embedding_dim = route.embedding_dim or inst.embedding_dim
     return [routes[name] for name in sorted(routes)], checks
 
 
@@ -222,7 +225,7 @@ def plan_gateway(host: HostSpec, routes: list[ModelRoute], checks: Sequence[Chec
             plan_checks.append(Check("warn", "gateway", f"{route.name!r} has one instance "
                                      f"({upstreams[0].host}/{upstreams[0].instance}): it has a "
                                      "gap while that instance switches releases"))
-        kept.append(ModelRoute(route.name, route.backend, upstreams))
+        kept.append(replace(route, upstreams=upstreams))
     p = gateway_paths()
     cert = str(host.var("vllama_gateway_tls_cert_file") or "")
     scheme = "https" if cert else "http"

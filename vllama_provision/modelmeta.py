@@ -26,10 +26,14 @@ reports for the checkpoint (model card: "7.61B").
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
+
+from vllama_provision import paths
 
 GIB = 1024**3
 
@@ -416,3 +420,17 @@ def _warnings(meta: ModelMeta, tp: int, max_model_len: int) -> list[str]:
         warnings.append(f"num_attention_heads {meta.num_attention_heads} is not divisible by "
                         f"tensor_parallel_size {tp}: vLLM refuses this split")
     return warnings
+
+
+@functools.cache
+def _gguf_utils() -> ModuleType:
+    """The collection's GGUF reader (plugins/module_utils/vllama_gguf.py, standard library
+    only): the same code reads a model's dimension here and on the hosts."""
+    return paths.load_plugin_file("module_utils/vllama_gguf.py", "vllama_gguf_controller")
+
+
+def embedding_dimension(path: str | Path) -> int:
+    """The vector length an embedding model returns (a GGUF file or a Hugging Face folder);
+    0 when it cannot be told from the files."""
+    return int(_gguf_utils().embedding_dimension(str(path)))
+

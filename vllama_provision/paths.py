@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import os
 import tempfile
 from pathlib import Path
+from types import ModuleType
 
 _PACKAGE = Path(__file__).resolve().parent
 
@@ -20,6 +22,16 @@ def data_root() -> Path:
     if (bundled / "roles").is_dir():
         return bundled
     return _PACKAGE.parent
+
+
+def load_plugin_file(relative: str, name: str) -> ModuleType:
+    """A standard-library-only file of the collection (``plugins/...``), loaded as a module so
+    the package reuses the very code the hosts run (not imported through Ansible)."""
+    spec = importlib.util.spec_from_file_location(name, data_root() / "plugins" / relative)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def roles_dir() -> Path:

@@ -37,6 +37,11 @@ VLLM_GPU_DEFAULTS = {"max_num_batched_tokens": 16384, "max_num_seqs": 256, "max_
                      "gpu_memory_utilization": DEFAULT_GPU_MEMORY_UTILIZATION}
 VLLM_CPU_DEFAULTS = {"max_num_batched_tokens": 2048, "max_num_seqs": 4, "max_model_len": 2048}
 LLAMACPP_DEFAULTS = {"ctx_size": 4096}
+# Embedding instances size nothing for generation: the context comes from the model (its own
+# training length; 0 tells llama.cpp so) unless the inventory sets it, and vLLM's pooling
+# runner gets no chat default for max_model_len or its batch (the model's length decides).
+EMBED_UNSIZED = ("max_model_len", "max_num_batched_tokens")
+EMBED_CPU_KVCACHE_GIB = 1
 
 
 @dataclass
@@ -84,6 +89,10 @@ class InstancePlan:
     image_archive: str = ""
     release: str = ""
     checks: list[Check] = field(default_factory=list)
+    task: str = "chat"  # chat | embed
+    # Embedding instances: the vector length the model returns, read from the controller's
+    # copy of the model (0: not known here; the host reads it from its copy when it verifies).
+    embedding_dim: int = 0
 
 
 @dataclass
@@ -164,18 +173,21 @@ def _model_path(ref: ModelRef, model_file: str, instance_root: str) -> str:
 def _resolve_options(engine: str, backend: str, inst: dict[str, Any],
                      facts: gpu.HostFacts | None) -> dict[str, Any]:
     chosen = {k: v for k, v in inst.items() if v not in (None, 0, 0.0, "", [])}
+    embed = inst.get("task") == "embed"
     if engine == "vllm":
         defaults = VLLM_GPU_DEFAULTS if backend == "cuda" else VLLM_CPU_DEFAULTS
-        opts = {k: chosen.get(k, v) for k, v in defaults.items()}
+        opts = {k: chosen.get(k, None if embed and k in EMBED_UNSIZED else v)
+                for k, v in defaults.items()}
         if backend == "cuda":
             gpus = inst.get("gpus") or []
             opts["tensor_parallel_size"] = chosen.get("tensor_parallel_size") or max(1, len(gpus))
         else:
             opts["dtype"] = "bfloat16"
             opts["enforce_eager"] = True
-            opts["cpu_kvcache_gib"] = chosen.get("cpu_kvcache_gib") or _cpu_kvcache_gib(facts)
+            opts["cpu_kvcache_gib"] = chosen.get("cpu_kvcache_gib") or (
+                EMBED_CPU_KVCACHE_GIB if embed else _cpu_kvcache_gib(facts))
         return opts
-    opts = {"ctx_size": chosen.get("ctx_size", LLAMACPP_DEFAULTS["ctx_size"])}
+    opts = {"ctx_size": chosen.get("ctx_size", 0 if embed else LLAMACPP_DEFAULTS["ctx_size"])}
     n_gpu_layers = inst.get("n_gpu_layers", -1)
     opts["n_gpu_layers"] = 0 if backend == "cpu" else n_gpu_layers
     threads = chosen.get("threads")
@@ -318,7 +330,7 @@ def _plan_instance(host: HostSpec, plan: HostPlan, platform: str, inst: dict[str
         cache_dir=cache_dir if deploy == "native" else "/cache",
         # Inside a container the reserved GPUs are renumbered from 0: select them with the
         # container's device reservation, not CUDA_VISIBLE_DEVICES.
-        gpus=gpus if deploy == "native" else [])
+        gpus=gpus if deploy == "native" else [], task=inst["task"])
     key_arg = engines.CONTAINER_KEY_PATH if deploy == "container" else paths["key_file"]
     argv = engines.engine_argv(server, settings, key_arg)
     env = engines.engine_env(server, settings)
@@ -336,7 +348,11 @@ def _plan_instance(host: HostSpec, plan: HostPlan, platform: str, inst: dict[str
                                 # A release on a ZFS store links to a dataset: a new store is a
                                 # new release (plain-folder release ids are unchanged).
                                 **({"zfs_dataset": plan.zfs_dataset} if plan.zfs_dataset else {})})
-    if facts is not None and engine == "vllm" and backend == "cuda":
+    if facts is not None and engine == "vllm" and backend == "cuda" and inst["task"] == "embed":
+        checks.append(Check("not-evaluated", "vram", "VRAM fit not evaluated for an embedding "
+                            "instance (no KV cache to size; vLLM checks the weights itself)",
+                            name))
+    elif facts is not None and engine == "vllm" and backend == "cuda":
         checks += _vram_checks(name, ref, options, gpus, facts)
         checks += _cuda_checks(name, deploy, version, facts)
     if image and "@sha256:" not in image:
@@ -360,7 +376,16 @@ def _plan_instance(host: HostSpec, plan: HostPlan, platform: str, inst: dict[str
         program=engines.program_for(server, deploy, paths["engine_venv"]),
         engine_remove=engines.remove_after_install(server, backend) if deploy == "native" else [],
         image_archive=(inst.get("image_archive") or "") if deploy == "container" else "",
-        release=fingerprint, checks=checks)
+        release=fingerprint, checks=checks, task=inst["task"],
+        embedding_dim=_embedding_dim(ref, inst["model_file"]) if inst["task"] == "embed" else 0)
+
+
+def _embedding_dim(ref: ModelRef, model_file: str) -> int:
+    """The vector length of a model this controller holds (0 when it holds none)."""
+    if ref.kind != "path":
+        return 0
+    local = Path(ref.path) / model_file if model_file else Path(ref.path)
+    return modelmeta.embedding_dimension(local) if local.exists() else 0
 
 
 def _image(engine: str, backend: str, version: str, inst: dict[str, Any], deploy: str) -> str:

@@ -94,6 +94,11 @@ INSTANCE_OPTIONS: tuple[Option, ...] = (
     Option("served_name", "str", "Model name the API serves. Empty: the instance name.",
            default="", pattern=r"^$|" + SERVED_NAME_PATTERN[1:],
            pattern_help="letters, digits and . _ : / -, at most 128 characters"),
+    Option("task", "str", "What the instance serves. chat: chat and text completions "
+           "(verified with a streamed chat completion). embed: embeddings only (vLLM's pooling "
+           "runner, llama.cpp's embedding mode; verified with /v1/embeddings against the "
+           "model's dimension; no chat template needed, no KV cache sized).",
+           default="chat", choices=("chat", "embed")),
     Option("mixed_content", "bool", "This served name is meant to be backed by different "
            "model content on different hosts (a gateway balances across them anyway). false: "
            "the fleet refuses one name serving different models (clients would get different "

@@ -7,7 +7,9 @@ The verification contract, the same on the host (the role's ``vllama_verify``) a
 2. ``/v1/models`` with the key lists exactly the served name, and without the key answers 401;
 3. where the server rejects unknown models (vLLM), a request for another model gets 404;
 4. one real streamed chat completion of at most ``MAX_TOKENS`` tokens at temperature 0 answers
-   with text; its time to first token and tokens per second are measured.
+   with text; its time to first token and tokens per second are measured. An embedding
+   instance (``task: embed``) instead answers one ``/v1/embeddings`` request with a vector of
+   numbers as long as the model's dimension (its unknown-model probe asks that route too).
 
 Here all instances are checked concurrently (httpx's async client), each with the controller's
 private copy of its key; the model list is asked once per instance (it doubles as the readiness
@@ -98,9 +100,14 @@ async def _models(client: httpx.AsyncClient, base: str, headers: dict[str, str],
 
 
 async def _unknown_model(client: httpx.AsyncClient, base: str,
-                         headers: dict[str, str]) -> None:
-    reply = await client.post(f"{base}/v1/chat/completions", headers=headers, json={
-        "model": UNKNOWN_MODEL, "max_tokens": 1, "messages": [{"role": "user", "content": "hi"}]})
+                         headers: dict[str, str], task: str = "chat") -> None:
+    if task == "embed":
+        reply = await client.post(f"{base}/v1/embeddings", headers=headers,
+                                  json={"model": UNKNOWN_MODEL, "input": "hi"})
+    else:
+        reply = await client.post(f"{base}/v1/chat/completions", headers=headers, json={
+            "model": UNKNOWN_MODEL, "max_tokens": 1,
+            "messages": [{"role": "user", "content": "hi"}]})
     if reply.status_code != 404:
         raise _Failed(f"a request for the unknown model '{UNKNOWN_MODEL}' answered "
                       f"{reply.status_code}, expected 404")
@@ -138,6 +145,31 @@ async def _stream(client: httpx.AsyncClient, base: str, headers: dict[str, str],
     return answer, round((first - start) * 1000, 1), (round(rate, 1) if rate else None)
 
 
+async def _embed(client: httpx.AsyncClient, base: str, headers: dict[str, str], served: str,
+                 prompt: str, dimension: int, answered_by: list[str] | None = None
+                 ) -> tuple[str, float]:
+    """One real embedding: (a description of it, milliseconds); the vector must hold numbers
+    only and, when the model's dimension is known, be that long."""
+    start = time.monotonic()
+    reply = await client.post(f"{base}/v1/embeddings", headers=headers,
+                              json={"model": served, "input": [prompt]}, timeout=REQUEST_TIMEOUT)
+    took = round((time.monotonic() - start) * 1000, 1)
+    if reply.status_code != 200:
+        raise _Failed(f"/v1/embeddings answered {reply.status_code}")
+    if answered_by is not None:
+        answered_by.append(reply.headers.get(INSTANCE_HEADER, ""))
+    data = reply.json().get("data") or []
+    vector = data[0].get("embedding") if data and isinstance(data[0], dict) else None
+    if not isinstance(vector, list) or not vector:
+        raise _Failed("/v1/embeddings returned no vector")
+    if not all(isinstance(x, int | float) for x in vector):
+        raise _Failed("/v1/embeddings returned a vector that is not all numbers")
+    if dimension and len(vector) != dimension:
+        raise _Failed(f"/v1/embeddings returned {len(vector)} dimensions; the model has "
+                      f"{dimension}")
+    return f"an embedding of {len(vector)} dimensions", took
+
+
 async def _check(client: httpx.AsyncClient, host: str, inst: dict[str, Any], prompt: str,
                  ready_timeout: float) -> ControllerCheck:
     key = read_key(host, inst["name"])
@@ -151,9 +183,16 @@ async def _check(client: httpx.AsyncClient, host: str, inst: dict[str, Any], pro
         listed = ready if readiness.get("path") == "/v1/models" and readiness.get("auth") \
             else None
         await _models(client, base, headers, inst["served_name"], listed)
+        task = inst.get("task", "chat")
         if readiness.get("rejects_unknown_model"):
-            await _unknown_model(client, base, headers)
-        answer, ttft, rate = await _stream(client, base, headers, inst["served_name"], prompt)
+            await _unknown_model(client, base, headers, task)
+        if task == "embed":
+            answer, ttft = await _embed(client, base, headers, inst["served_name"], prompt,
+                                        int(inst.get("embedding_dim") or 0))
+            rate = None
+        else:
+            answer, ttft, rate = await _stream(client, base, headers, inst["served_name"],
+                                               prompt)
     except httpx.ConnectError as exc:
         return ControllerCheck(False, False, f"not reachable from the controller ({exc})")
     except httpx.TransportError as exc:
@@ -162,8 +201,8 @@ async def _check(client: httpx.AsyncClient, host: str, inst: dict[str, Any], pro
         return ControllerCheck(True, False, str(exc))
     except (ValueError, KeyError, IndexError) as exc:
         return ControllerCheck(True, False, f"unexpected answer ({exc})")
-    return ControllerCheck(True, True, f"answered, first token after {ttft:.0f} ms", answer,
-                           ttft, rate)
+    took = "embedded in" if inst.get("task") == "embed" else "answered, first token after"
+    return ControllerCheck(True, True, f"{took} {ttft:.0f} ms", answer, ttft, rate)
 
 
 def verify_all(targets: Iterable[tuple[str, dict[str, Any], str]],
@@ -200,7 +239,7 @@ async def _through_gateway(client: httpx.AsyncClient, plan: Any, key: str, promp
                            ) -> list[GatewayCheck]:
     """Each model with instances, asked through the gateway ``plan`` (a GatewayPlan): it lists
     the model, refuses a request without a key (401), and one of the model's instances answers
-    the verification's streamed completion (the gateway names it)."""
+    the verification's streamed completion, or its embedding (the gateway names it)."""
     base, headers = plan.endpoint, {"Authorization": f"Bearer {key}"}
     names = {u.id: f"{u.host}/{u.instance}" for u in plan.upstreams}
     models = [m for m in plan.models if m.upstreams]
@@ -222,8 +261,12 @@ async def _through_gateway(client: httpx.AsyncClient, plan: Any, key: str, promp
                                 "up and in service)")
         answered: list[str] = []
         try:
-            answer, ttft, _rate = await _stream(client, base, headers, model.name, prompt,
-                                                answered)
+            if model.task == "embed":
+                answer, ttft = await _embed(client, base, headers, model.name, prompt,
+                                            model.embedding_dim, answered)
+            else:
+                answer, ttft, _rate = await _stream(client, base, headers, model.name, prompt,
+                                                    answered)
         except (httpx.TransportError, _Failed, ValueError, KeyError, IndexError) as exc:
             return GatewayCheck(model.name, False, str(exc) or type(exc).__name__)
         who = names.get(answered[0] if answered else "", "")
@@ -264,6 +307,12 @@ def verify_gateways(plans: dict[str, Any], prompts: dict[str, str]
     return asyncio.run(run()) if plans else {}
 
 
+def _dimension_known(inst: Any) -> bool:
+    """An embedding instance is verified here only when this controller knows its model's
+    dimension (it holds the model); its host reads the dimension from its own copy."""
+    return inst.task != "embed" or inst.embedding_dim > 0
+
+
 def verify_from_controller(host: str, instance: dict[str, Any], prompt: str,
                            ready_timeout: float = READY_TIMEOUT) -> ControllerCheck:
     """One instance (see verify_all)."""
@@ -290,7 +339,8 @@ def verify_fleet(inventory: Path, limit: str | None, *, verbose: int = 0) -> Rep
     gateways = {name: plan for name, plan in plan_inventory_gateways(inv).items()
                 if name in plans}
     on_host = {name for name, plan in plans.items()
-               if plan.platform in (None, "linux-nvidia") or plan.refused}
+               if plan.platform in (None, "linux-nvidia") or plan.refused
+               or any(not _dimension_known(inst) for inst in plan.instances)}
     targets = [(name, asdict(inst), plan.verify_prompt) for name, plan in plans.items()
                if name not in on_host for inst in plan.instances]
     checks = verify_all(targets)
@@ -359,7 +409,8 @@ def reachable_endpoints(inventory: Path, limit: str | None,
         plan = plan_host(host, fact_cache.load(inventory, host.name))
         for inst in plan.instances:
             url = httpx.URL(inst.endpoint)
-            if url.host and url.port and read_key(host.name, inst.name) is not None:
+            if url.host and url.port and read_key(host.name, inst.name) is not None \
+                    and _dimension_known(inst):
                 targets.append((host.name, inst.name, url.host, url.port))
 
     async def probe(address: str, port: int) -> bool:

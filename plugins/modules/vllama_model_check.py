@@ -122,74 +122,10 @@ import struct
 import time
 
 from ansible.module_utils.basic import AnsibleModule
-
-GGUF_MAGIC = b"GGUF"
-# GGUF value types: size in bytes for fixed-size scalars.
-_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q",
-            11: "<q", 12: "<d"}
-_STRING = 8
-_ARRAY = 9
-
-
-class GGUFError(ValueError):
-    pass
-
-
-def _read(handle, fmt):
-    size = struct.calcsize(fmt)
-    data = handle.read(size)
-    if len(data) != size:
-        raise GGUFError("the file ends inside its header")
-    return struct.unpack(fmt, data)[0]
-
-
-def _string(handle):
-    length = _read(handle, "<Q")
-    if length > 1 << 26:
-        raise GGUFError("a header string is implausibly long")
-    data = handle.read(length)
-    if len(data) != length:
-        raise GGUFError("the file ends inside its header")
-    return data.decode("utf-8", errors="replace")
-
-
-def _value(handle, kind, keep):
-    if kind in _SCALARS:
-        return _read(handle, _SCALARS[kind])
-    if kind == _STRING:
-        return _string(handle)
-    if kind == _ARRAY:
-        item_kind = _read(handle, "<I")
-        count = _read(handle, "<Q")
-        items = [_value(handle, item_kind, False) for _index in range(count)]
-        return items if keep else None
-    raise GGUFError(f"unknown GGUF value type {kind}")
-
-
-def read_gguf_header(path):
-    """Parse the GGUF header's key/value section (tensor data is not read here)."""
-    with open(path, "rb") as handle:
-        if handle.read(4) != GGUF_MAGIC:
-            raise GGUFError("not a GGUF file (bad magic)")
-        version = _read(handle, "<I")
-        if version not in (2, 3):
-            raise GGUFError(f"unsupported GGUF version {version}")
-        tensors = _read(handle, "<Q")
-        count = _read(handle, "<Q")
-        if count > 1 << 20:
-            raise GGUFError("implausible number of header entries")
-        meta = {}
-        for _index in range(count):
-            key = _string(handle)
-            kind = _read(handle, "<I")
-            meta[key] = _value(handle, kind, keep=False)
-    arch = meta.get("general.architecture")
-    if not arch:
-        raise GGUFError("the header names no general.architecture")
-    return {"version": version, "tensor_count": tensors, "architecture": arch,
-            "context_length": meta.get(f"{arch}.context_length"),
-            "name": meta.get("general.name"),
-            "chat_template": bool(meta.get("tokenizer.chat_template"))}
+from ansible_collections.vllama.provision.plugins.module_utils.vllama_gguf import (
+    GGUFError,
+    read_gguf_header,
+)
 
 
 def sha256_of(path):

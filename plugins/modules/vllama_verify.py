@@ -4,9 +4,10 @@
 Per instance: wait until the engine is ready (each server has its own probe), check that
 ``/v1/models`` lists exactly the served name, that the endpoint refuses a request without the
 key, and that one real streamed chat completion answers with text (its time to first token and
-tokens per second are measured): the controller's verification contract (vllama_provision.verify),
-checked from the host. The key is read from the instance's key file on the host and
-never returned.
+tokens per second are measured), or for an embedding instance (task embed) that
+``/v1/embeddings`` returns a vector as long as the model's dimension (read from the model on the
+host): the controller's verification contract (vllama_provision.verify), checked from the
+host. The key is read from the instance's key file on the host and never returned.
 """
 
 from __future__ import annotations
@@ -47,7 +48,9 @@ EXAMPLES = r"""
 
 RETURN = r"""
 instances:
-  description: Per instance verified, verified_from, ttft_ms, tokens_per_s, answer, error.
+  description:
+    - Per instance verified, verified_from, ttft_ms, tokens_per_s, answer, error; embedding
+      instances also give dimensions (their ttft_ms is the embedding's time).
   returned: always
   type: list
 """
@@ -59,6 +62,9 @@ import urllib.error
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.urls import ConnectionError as UrlError
 from ansible.module_utils.urls import open_url
+from ansible_collections.vllama.provision.plugins.module_utils.vllama_gguf import (
+    embedding_dimension,
+)
 
 
 class ProbeError(Exception):
@@ -111,12 +117,15 @@ def check_models(base, key, served):
 UNKNOWN_MODEL = "vllama-verify-no-such-model"
 
 
-def check_unknown_model(base, key):
+def check_unknown_model(base, key, task="chat"):
     """A request for a model the endpoint does not serve must get 404 (not another model)."""
-    body = {"model": UNKNOWN_MODEL, "max_tokens": 1,
-            "messages": [{"role": "user", "content": "hi"}]}
+    if task == "embed":
+        path, body = "/v1/embeddings", {"model": UNKNOWN_MODEL, "input": "hi"}
+    else:
+        path, body = "/v1/chat/completions", {"model": UNKNOWN_MODEL, "max_tokens": 1,
+                                              "messages": [{"role": "user", "content": "hi"}]}
     try:
-        with _request(base + "/v1/chat/completions", key, body, timeout=60) as resp:
+        with _request(base + path, key, body, timeout=60) as resp:
             status = resp.status
     except urllib.error.HTTPError as exc:
         status = exc.code
@@ -153,6 +162,33 @@ def stream(base, key, served, prompt, max_tokens):
     return answer, round((first - start) * 1000, 1), (round(rate, 1) if rate else None)
 
 
+def embed(base, key, served, prompt, dimension):
+    """One real embedding: (a description of it, milliseconds). Its vector must be as long as
+    the model's dimension (when the model tells it) and hold numbers only."""
+    start = time.monotonic()
+    with _request(base + "/v1/embeddings", key, {"model": served, "input": [prompt]},
+                  timeout=300) as resp:
+        data = json.loads(resp.read()).get("data") or []
+    took = round((time.monotonic() - start) * 1000, 1)
+    vector = data[0].get("embedding") if data and isinstance(data[0], dict) else None
+    if not isinstance(vector, list) or not vector:
+        raise ProbeError("/v1/embeddings returned no vector")
+    if not all(isinstance(x, (int, float)) for x in vector):
+        raise ProbeError("/v1/embeddings returned a vector that is not all numbers")
+    if dimension and len(vector) != dimension:
+        raise ProbeError(f"/v1/embeddings returned {len(vector)} dimensions; the model has "
+                         f"{dimension}")
+    return f"an embedding of {len(vector)} dimensions", took
+
+
+def host_model_path(inst):
+    """Where the instance's model is on this host (a container sees it under /models)."""
+    path = inst["model_path"]
+    if inst.get("deploy") == "container" and path.startswith("/models"):
+        path = inst["paths"]["current"] + "/model" + path[len("/models"):]
+    return path
+
+
 def verify_one(inst, prompt, timeout, max_tokens):
     out = {"name": inst["name"], "verified": False, "verified_from": [], "ttft_ms": None,
            "tokens_per_s": None, "answer": None, "error": None}
@@ -166,11 +202,18 @@ def verify_one(inst, prompt, timeout, max_tokens):
     try:
         wait_ready(base, inst["readiness"], key, timeout)
         check_models(base, key, inst["served_name"])
+        task = inst.get("task", "chat")
         if inst["readiness"].get("rejects_unknown_model"):
-            check_unknown_model(base, key)
+            check_unknown_model(base, key, task)
             out["unknown_model_rejected"] = True
-        out["answer"], out["ttft_ms"], out["tokens_per_s"] = stream(
-            base, key, inst["served_name"], prompt, max_tokens)
+        if task == "embed":
+            dimension = embedding_dimension(host_model_path(inst)) or inst.get("embedding_dim")
+            out["answer"], out["ttft_ms"] = embed(base, key, inst["served_name"], prompt,
+                                                  dimension)
+            out["dimensions"] = dimension or None
+        else:
+            out["answer"], out["ttft_ms"], out["tokens_per_s"] = stream(
+                base, key, inst["served_name"], prompt, max_tokens)
         out["verified"] = True
         out["verified_from"] = ["host"]
     except ProbeError as exc:

@@ -1,6 +1,7 @@
 """One model service on lab hosts: a gateway host serving no model, two hosts serving SmolLM2
-under one name (SHARED) and a third serving it under another (SINGLE), applied once for the
-whole tier."""
+under one name (SHARED) and a third serving it under another (SINGLE) beside an embedding
+instance (EMBED: all-MiniLM-L6-v2 converted once to GGUF, llama-cpp-python's embedding mode;
+two instances on one host), applied once for the whole tier."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from converted_models import minilm_gguf
 from e2e.conftest import engine_wheel, run_cli, smollm2_instance, write_inventory
 from wheels import ensure_relabelled
 
@@ -29,6 +31,8 @@ def relabelled_wheel(engine_wheel: list[Path]) -> Path:
 
 SHARED = "smollm2-135m-instruct"  # served by e1 and e2
 SINGLE = "smollm2-b"              # served by e3 alone
+EMBED = "all-minilm-l6-v2"        # embeddings, served by e3 beside SINGLE
+ALL = {SHARED, SINGLE, EMBED}
 UNIT = "vllama-smollm2"
 
 
@@ -51,7 +55,9 @@ class Service:
                       timeout=timeout)
 
     def upstream_keys(self) -> list[str]:
-        return [paths.key_path(h.name, "smollm2").read_text().strip() for h in self.engines]
+        keys = [paths.key_path(h.name, "smollm2") for h in self.engines]
+        return [k.read_text().strip() for k in [*keys, paths.key_path(self.engines[2].name,
+                                                                       "minilm")]]
 
     def served(self) -> set[str]:
         return {m.id for m in self.client().models.list().data}
@@ -100,6 +106,7 @@ def service(lab_factory_module: Any, lab_golden: Path, engine_wheel: list[Path],
             run_cli: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     lab = lab_factory_module(4)
     gw, e1, e2, e3 = lab.hosts
+    embedder = minilm_gguf(tmp_path_factory.mktemp("logs") / "minilm.log")
     folder = tmp_path_factory.mktemp("service")
     common = {"vllama_platform": "linux-cpu", "vllama_lock_wait": 0,
               "vllama_verify_timeout": 300}
@@ -111,8 +118,10 @@ def service(lab_factory_module: Any, lab_golden: Path, engine_wheel: list[Path],
         e1.name: {**common, "vllama_instances": [smollm2_instance(served_name=SHARED)]},
         e2.name: {**common, "vllama_instances": [smollm2_instance(served_name=SHARED)]},
         # Room for the long stream of test_a_long_stream_keeps_its_instance_up...
-        e3.name: {**common, "vllama_instances": [smollm2_instance(served_name=SINGLE,
-                                                                  ctx_size=8192)]},
+        e3.name: {**common, "vllama_instances": [
+            smollm2_instance(served_name=SINGLE, ctx_size=8192),
+            {"name": "minilm", "task": "embed", "model": str(embedder.parent),
+             "model_file": embedder.name, "served_name": EMBED, "port": 8081, "threads": 1}]},
     })
     text = inventory.read_text()
     inventory.write_text(text + f"  children:\n    vllama_gateways:\n      hosts:\n"

@@ -17,7 +17,7 @@ import yaml
 from gateway_clients import Clients, Gap
 from wheels import NEW, OLD
 
-from .conftest import SHARED, SINGLE, UNIT, Service
+from .conftest import ALL, EMBED, SHARED, SINGLE, UNIT, Service
 
 pytestmark = pytest.mark.lab
 
@@ -25,7 +25,7 @@ SHORT = [{"role": "user", "content": "What is the capital of France?"}]
 
 
 def test_models_are_the_union_of_the_fleet(service: Service) -> None:
-    assert service.served() == {SHARED, SINGLE}
+    assert service.served() == ALL
 
 
 def test_chat_and_streams_reach_every_instance_of_a_model(service: Service) -> None:
@@ -50,6 +50,31 @@ def test_chat_and_streams_reach_every_instance_of_a_model(service: Service) -> N
     log = service.access_log()
     assert "key=default model=" + SHARED in log
     assert service.key not in log
+
+
+def _cosine(a: list[float], b: list[float]) -> float:
+    dot = sum(x * y for x, y in zip(a, b, strict=True))
+    return dot / (sum(x * x for x in a) ** 0.5 * sum(y * y for y in b) ** 0.5)
+
+
+def test_embeddings_are_served_beside_chat_on_one_host(service: Service) -> None:
+    """The embedding instance runs next to a chat instance on e3 (two units, two ports) and
+    answers through the gateway with the model's 384 dimensions; its vectors mean something."""
+    e3 = service.engines[2]
+    units = "systemctl is-active vllama-smollm2 vllama-minilm"
+    assert e3.ssh(units).stdout.split() == ["active", "active"]
+    client = service.client()
+    since = len(service.access_log().splitlines())
+    texts = ["Paris is the capital of France.", "The capital of France is Paris.",
+             "Sourdough needs a long, slow rise."]
+    answer = client.embeddings.create(model=EMBED, input=texts)
+    vectors = [d.embedding for d in answer.data]
+    assert [len(v) for v in vectors] == [384, 384, 384]
+    assert _cosine(vectors[0], vectors[1]) > _cosine(vectors[0], vectors[2]) + 0.2
+    assert service.answered_by(since) == [f"u_{e3.name}.minilm"]
+    with pytest.raises(openai.NotFoundError) as unknown:
+        client.embeddings.create(model="no-such-embedder", input="hi")
+    assert unknown.value.code == "model_not_found"
 
 
 def test_errors_answer_in_openai_format(service: Service) -> None:
@@ -97,7 +122,7 @@ def test_one_instance_down_fails_no_request(service: Service) -> None:
             answer = client.chat.completions.create(model=SHARED, messages=SHORT, max_tokens=4)
             assert answer.choices[0].message.content
         time.sleep(3)  # two failed checks, a second apart
-        assert service.served() == {SHARED, SINGLE}
+        assert service.served() == ALL
     finally:
         e1.ssh(f"systemctl start {UNIT}")
 
@@ -107,7 +132,7 @@ def test_no_instance_left_is_a_503_with_retry_after(service: Service) -> None:
     for host in (e1, e2):
         host.ssh(f"systemctl stop {UNIT}")
     try:
-        service.wait_served({SINGLE}, timeout=30)
+        service.wait_served({SINGLE, EMBED}, timeout=30)
         with pytest.raises(openai.InternalServerError) as gone:
             service.client().chat.completions.create(model=SHARED, messages=SHORT,
                                                      max_tokens=4)
@@ -117,7 +142,7 @@ def test_no_instance_left_is_a_503_with_retry_after(service: Service) -> None:
     finally:
         for host in (e1, e2):
             host.ssh(f"systemctl start {UNIT}")
-    service.wait_served({SHARED, SINGLE})
+    service.wait_served(ALL)
 
 
 def test_a_long_stream_keeps_its_instance_up_and_the_next_request_waits(service: Service
@@ -208,7 +233,7 @@ def test_a_second_apply_changes_nothing(service: Service, run_cli: Any) -> None:
     assert {name: entry["changed"] for name, entry in hosts.items()} == dict.fromkeys(hosts, 0)
     gateway = hosts[service.gateway.name]["gateway"]
     assert gateway["endpoint"] == service.url
-    assert sorted(gateway["models"]) == [SHARED, SINGLE]
+    assert sorted(gateway["models"]) == sorted(ALL)
     assert gateway["servers"][SHARED] == {f"u_{h.name}.smollm2": "UP"
                                           for h in service.engines[:2]}
 
@@ -223,11 +248,17 @@ def test_verify_asks_every_model_through_the_gateway(service: Service, run_cli: 
     assert through[SHARED]["verified"] and through[SHARED]["answer"]
     who = through[SHARED]["answered_by"]
     assert who in (f"{e1.name}/smollm2", f"{e2.name}/smollm2")
+    assert through[EMBED]["verified"] and through[EMBED]["answered_by"] == f"{e3.name}/minilm"
+    assert through[EMBED]["answer"] == "an embedding of 384 dimensions"
     # `gateway` joins the verified_from of the instance that answered, and only that one.
+    answerers = {who, through[SINGLE]["answered_by"], through[EMBED]["answered_by"]}
     for host in (e1, e2, e3):
-        sources = hosts[host.name]["instances"][0]["verified_from"]
-        answered = f"{host.name}/smollm2" in (who, through[SINGLE]["answered_by"])
-        assert sources == (["controller", "gateway"] if answered else ["controller"]), sources
+        for item in hosts[host.name]["instances"]:
+            answered = f"{host.name}/{item['name']}" in answerers
+            want = ["controller", "gateway"] if answered else ["controller"]
+            assert item["verified_from"] == want, (host.name, item)
+    minilm = next(i for i in hosts[e3.name]["instances"] if i["name"] == "minilm")
+    assert minilm["answer"] == "an embedding of 384 dimensions"
 
 
 # ------------------------------------------------------------------ rollouts through it ---
@@ -272,7 +303,7 @@ def test_a_rolling_upgrade_fails_no_request(service: Service, run_cli: Any,
                 if "a gap" in n]
     assert gap.seconds > 0
     # Every instance is back in every gateway.
-    service.wait_served({SHARED, SINGLE}, timeout=30)
+    service.wait_served(ALL, timeout=30)
 
 
 def test_a_rollback_fails_no_request(service: Service, run_cli: Any) -> None:
@@ -328,7 +359,33 @@ def test_a_rotated_client_key_replaces_the_old_one(service: Service, run_cli: An
     assert old not in result.stdout + result.stderr
     with pytest.raises(openai.AuthenticationError):
         service.client(key=old).models.list()
-    assert service.served() == {SHARED, SINGLE}  # with the new key
+    assert service.served() == ALL  # with the new key
+
+
+def test_an_unreachable_gateway_stops_the_switch_before_any_change(service: Service,
+                                                                   run_cli: Any) -> None:
+    gw, e1 = service.gateway, service.engines[0]
+    current = "readlink /opt/vllama/instances/smollm2/current"
+    before = e1.ssh(current).stdout
+    data = yaml.safe_load(service.inventory.read_text())
+    instance = data["all"]["hosts"][e1.name]["vllama_instances"][0]
+    saved = instance["ctx_size"]
+    instance["ctx_size"] = 1536
+    service.inventory.write_text(yaml.safe_dump(data, sort_keys=False))
+    service.lab.pause(gw.name)
+    try:
+        result = run_cli("apply", str(service.inventory), "--limit", e1.name)
+    finally:
+        service.lab.resume(gw.name)
+        instance["ctx_size"] = saved
+        service.inventory.write_text(yaml.safe_dump(data, sort_keys=False))
+    assert result.rc != 0
+    entry = result.report["hosts"][e1.name]
+    assert entry["status"] == "refused", entry
+    assert f"the gateway {gw.name} cannot be reached" in entry["error"]
+    assert e1.ssh(current).stdout == before, "nothing switched"
+    assert e1.ssh(f"systemctl is-active {UNIT}").stdout.strip() == "active"
+    service.wait_served(ALL, timeout=60)
 
 
 def test_a_tls_listener_serves_https_and_verify_trusts_its_certificate(
@@ -356,7 +413,7 @@ def test_a_tls_listener_serves_https_and_verify_trusts_its_certificate(
     trust = ssl.create_default_context(cafile=str(cert))
     client = OpenAI(base_url=f"https://{gw.address}:4000/v1", api_key=service.key,
                     max_retries=0, http_client=httpx.Client(verify=trust, timeout=60))
-    assert {m.id for m in client.models.list().data} == {SHARED, SINGLE}
+    assert {m.id for m in client.models.list().data} == ALL
     answer = client.chat.completions.create(model=SHARED, messages=SHORT, max_tokens=4)
     assert answer.choices[0].message.content
     with pytest.raises(httpx.HTTPError):

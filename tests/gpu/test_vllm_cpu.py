@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 import yaml
+from converted_models import MINILM_DIMENSIONS, minilm_folder
 from e2e.conftest import write_inventory
 
 from vllama_provision import models
@@ -35,7 +36,10 @@ pytestmark = pytest.mark.lab
 HOST_MODEL = "/srv/models/smollm2-135m-instruct-hf"
 SERVED = "smollm2-vllm"
 PORT = 8000
+EMBED = "all-minilm-l6-v2"
+EMBED_PORT = 8001
 TIMES: dict[str, float] = {}
+RESULTS: dict[str, Any] = {}
 
 
 @pytest.fixture(scope="module")
@@ -191,7 +195,13 @@ def test_a_model_folder_on_the_controller_is_staged_checked_and_served(
     store = (f"/tank/ai/models/path--{model_dir.name}/{models.tree_digest(files)}/"
              f"{model_dir.name}")
     data = yaml.safe_load(inventory.read_text())
-    data["all"]["hosts"][host.name]["vllama_instances"][0]["model"] = str(model_dir)
+    instances = data["all"]["hosts"][host.name]["vllama_instances"]
+    instances[0]["model"] = str(model_dir)
+    # Beside it, an embedding instance of vLLM's pooling runner: all-MiniLM-L6-v2 as a
+    # controller folder (checked by test_an_embedding_instance_serves_the_models_vectors).
+    instances.append({"name": "minivllm", "engine": "vllm", "task": "embed",
+                      "model": str(minilm_folder()), "served_name": EMBED, "port": EMBED_PORT,
+                      "max_num_seqs": 4})
     path = tmp_path_factory.mktemp("inv") / "vllm-folder.yml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     current = "/opt/vllama/instances/smolvllm/current"
@@ -202,6 +212,7 @@ def test_a_model_folder_on_the_controller_is_staged_checked_and_served(
     TIMES["apply_folder_s"] = time.monotonic() - start
     assert result.rc == 0, result.stderr[-3000:]
     assert result.instance(host.name, "smolvllm")["verified"] is True
+    RESULTS["folder_apply"] = result
     after = host.ssh(f"readlink {current}").stdout.strip()
     assert after != before
     releases = host.ssh("ls /opt/vllama/instances/smolvllm/releases").stdout.split()
@@ -218,3 +229,30 @@ def test_a_model_folder_on_the_controller_is_staged_checked_and_served(
     leftovers = host.ssh(f"ls -A {store}/..").stdout.split()
     assert leftovers == [model_dir.name]
     print(f"vLLM timings: {TIMES}")
+
+
+def test_an_embedding_instance_serves_the_models_vectors(lab: Any) -> None:
+    """vLLM's pooling runner on the same host as the chat instance: verified by the role with a
+    real embedding of the model's dimension; no chat sizing on its command line."""
+    host = lab.hosts[0]
+    result = RESULTS.get("folder_apply")
+    assert result is not None, "the apply of the previous test did not run"
+    inst = result.instance(host.name, "minivllm")
+    assert inst["verified"] is True
+    assert inst["answer"] == f"an embedding of {MINILM_DIMENSIONS} dimensions"
+    pid = host.ssh("systemctl show -p MainPID --value vllama-minivllm.service").stdout.strip()
+    argv = host.ssh(f"tr '\\0' '\\n' < /proc/{pid}/cmdline").stdout.split("\n")
+    assert argv[argv.index("--runner") + 1] == "pooling"
+    assert "--max-model-len" not in argv  # the model's own 512 tokens
+    key = read_key(host.name, "minivllm")
+    code, reply = curl(host, EMBED_PORT, "/v1/embeddings", key,
+                       {"model": EMBED, "input": ["Paris is the capital of France.",
+                                                  "The capital of France is Paris."]})
+    assert code == 200, reply
+    vectors = [d["embedding"] for d in reply["data"]]
+    assert [len(v) for v in vectors] == [MINILM_DIMENSIONS] * 2
+    dot = sum(a * b for a, b in zip(*vectors, strict=True))
+    norms = [sum(x * x for x in v) ** 0.5 for v in vectors]
+    assert dot / (norms[0] * norms[1]) > 0.8  # the same sentence, reworded
+    code, _ = curl(host, EMBED_PORT, "/v1/embeddings", key, {"model": "other", "input": "x"})
+    assert code == 404

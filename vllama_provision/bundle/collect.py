@@ -10,7 +10,6 @@ folder, copying only those whose content changed; files no item needs any more a
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
 import subprocess
 import tempfile
@@ -443,12 +442,7 @@ def _token(token_file: str) -> str:
 
 def _hf_module() -> Any:
     """The role's Hugging Face download module (standard library only), reused as is."""
-    path = paths.data_root() / "plugins" / "modules" / "vllama_hf_download.py"
-    spec = importlib.util.spec_from_file_location("vllama_hf_download_bundle", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return paths.load_plugin_file("modules/vllama_hf_download.py", "vllama_hf_download_bundle")
 
 
 def model_key(raw: str, model_file: str) -> str:
