@@ -76,6 +76,7 @@ def plan(inventory: Path, limit: str | None, json_out: str | None, diff: bool,
     from vllama_provision import facts as fact_cache
     from vllama_provision.gateway import plan_inventory_gateways
     from vllama_provision.inventory import load_inventory
+    from vllama_provision.monitoring import plan_inventory_monitoring
     from vllama_provision.planner import EngineOverride, plan_host
 
     if bool(engine) != bool(version):
@@ -86,6 +87,7 @@ def plan(inventory: Path, limit: str | None, json_out: str | None, diff: bool,
     report = Report(command="plan")
     to_stderr = json_out == "-"  # keep stdout pure JSON
     gateways = plan_inventory_gateways(inv)
+    monitors = plan_inventory_monitoring(inv)
     for host in inv:
         cached = fact_cache.load(inventory, host.name)
         host_plan = plan_host(host, cached, override)
@@ -98,6 +100,9 @@ def plan(inventory: Path, limit: str | None, json_out: str | None, diff: bool,
         if host.name in gateways:
             _print_gateway(gateways[host.name], err=to_stderr)
             entry.extra["gateway"] = _gateway_summary(gateways[host.name])
+        if host.name in monitors:
+            _print_monitoring(monitors[host.name], err=to_stderr)
+            entry.extra["monitoring"] = _monitoring_summary(monitors[host.name])
     if diff:
         apply_like("plan", inventory, limit, check=True, diff=True, verbose=0, json_out=None,
                     tags=["vllama_preflight", "vllama_configure"], exit=False,
@@ -159,6 +164,28 @@ def _print_gateway(plan: Any, err: bool = False) -> None:
         echo("    " + click.style(f"{label}:", fg=colour) + f" gateway: {check.message}")
 
 
+def _monitoring_summary(plan: Any) -> dict[str, Any]:
+    """The monitoring part of a host's report entry: its endpoint and what it scrapes."""
+    return {"endpoint": plan.endpoint,
+            "alertmanagers": ([f"local :{plan.alertmanager_port}"] if plan.alertmanager
+                              else []) + plan.alertmanagers,
+            "jobs": {job.name: [t.address for t in job.targets] for job in plan.jobs}}
+
+
+def _print_monitoring(plan: Any, err: bool = False) -> None:
+    def echo(text: str) -> None:
+        click.echo(text, err=err)
+
+    summary = _monitoring_summary(plan)
+    echo(f"  Prometheus at {plan.endpoint} (user vllama; alerts to "
+         f"{', '.join(summary['alertmanagers']) or 'nowhere'})")
+    for job, targets in summary["jobs"].items():
+        echo(f"    {job}: {', '.join(targets)}")
+    for check in plan.checks:
+        label, colour = _LEVEL_STYLE.get(check.level, (check.level, None))
+        echo("    " + click.style(f"{label}:", fg=colour) + f" monitoring: {check.message}")
+
+
 # -------------------------------------------------------------------------------- render ---
 
 
@@ -180,32 +207,45 @@ def render(inventory: Path, out: Path, limit: str | None, json_out: str | None,
     from vllama_provision import facts as fact_cache
     from vllama_provision.gateway import plan_inventory_gateways
     from vllama_provision.inventory import load_inventory
+    from vllama_provision.monitoring import plan_inventory_monitoring
     from vllama_provision.planner import plan_host
-    from vllama_provision.render import render_gateway, render_host, write_rendered
+    from vllama_provision.render import (
+        render_gateway,
+        render_host,
+        render_monitoring,
+        write_rendered,
+    )
     from vllama_provision.validators import validate_files
 
     inv = load_inventory(inventory, limit)
     report = Report(command="render")
     to_stderr = json_out == "-"  # keep stdout pure JSON
-    gateways = plan_inventory_gateways(inv)
+    # The fleet's own services, planned from the whole inventory: name -> (host -> files).
+    services: dict[str, dict[str, list[Any]]] = {
+        "gateway": {h: render_gateway(g) for h, g in plan_inventory_gateways(inv).items()},
+        "monitoring": {h: render_monitoring(m)
+                       for h, m in plan_inventory_monitoring(inv).items()}}
     for host in inv:
         host_plan = plan_host(host, fact_cache.load(inventory, host.name))
         entry = report.host(host.name)
-        if host.name in gateways:
-            files = render_gateway(gateways[host.name])
+        for service, rendered in services.items():
+            if host.name not in rendered:
+                continue
+            files = rendered[host.name]
             for target in write_rendered(files, out):
                 click.echo(f"{host.name}: {target}", err=to_stderr)
             if validate:
                 problems = validate_files(files)
                 if problems:
                     entry.status = "failed"
-                    entry.error = "; ".join(problems)
-                    click.echo(click.style(f"{host.name}: invalid gateway: {entry.error}",
-                                           fg="red"), err=True)
+                    entry.error = "; ".join([entry.error] * bool(entry.error) + problems)
+                    click.echo(click.style(f"{host.name}: invalid {service}: "
+                                           f"{'; '.join(problems)}", fg="red"), err=True)
                 else:
-                    click.echo(f"{host.name}: {len(files)} gateway file(s) valid", err=to_stderr)
-            if not host.instances:
-                continue
+                    click.echo(f"{host.name}: {len(files)} {service} file(s) valid",
+                               err=to_stderr)
+        if not host.instances and any(host.name in r for r in services.values()):
+            continue
         if host_plan.platform is None:
             entry.status = "skipped"
             entry.error = ("platform unknown: set vllama_platform or run "

@@ -33,6 +33,12 @@ class HostSpec(Protocol):
     @property
     def gateway(self) -> bool: ...
 
+    @property
+    def monitoring(self) -> bool: ...
+
+    @property
+    def groups(self) -> tuple[str, ...]: ...
+
     def var(self, name: str) -> Any: ...
 
 
@@ -61,8 +67,58 @@ def _content(inst: dict[str, Any]) -> tuple[str, str, str]:
 
 
 def validate_fleet(fleet: Sequence[HostSpec], *, file: str = "") -> list[Problem]:
-    """Fleet-level rules, decidable from the inventory alone (no facts): they matter only when
-    the inventory has a gateway."""
+    """Fleet-level rules, decidable from the inventory alone (no facts): the gateway's and the
+    monitoring's."""
+    return _validate_gateways(fleet, file) + validate_monitoring(fleet, file=file)
+
+
+def _ports_of(host: HostSpec) -> list[tuple[int, str, str]]:
+    """(port, who, variable) of every listener the tool puts on ``host``'s address."""
+    platform = host.var("vllama_platform")
+    platform = platform if platform != "auto" else None
+    found = [(port, f"the instance {inst['name']}", "port") for inst in host.instances
+             if (port := effective_port(inst, platform))]
+    if host.gateway:
+        found.append((host.var("vllama_gateway_port"), "the gateway",
+                      "vllama_gateway_port"))
+        found.append((host.var("vllama_gateway_metrics_port"), "the gateway's metrics",
+                      "vllama_gateway_metrics_port"))
+    if host.monitoring:
+        found.append((host.var("vllama_monitoring_port"), "Prometheus",
+                      "vllama_monitoring_port"))
+        if host.var("vllama_monitoring_alertmanager"):
+            found.append((host.var("vllama_monitoring_alertmanager_port"), "Alertmanager",
+                          "vllama_monitoring_alertmanager_port"))
+    found.append((host.var("vllama_node_exporter_port"), "the node exporter",
+                  "vllama_node_exporter_port"))
+    return found
+
+
+# Listeners a monitoring group adds (the others' collisions are the gateway's and the host's
+# own rules).
+_MONITORING_PORTS = ("vllama_gateway_metrics_port", "vllama_monitoring_port",
+                     "vllama_monitoring_alertmanager_port", "vllama_node_exporter_port")
+
+
+def validate_monitoring(fleet: Sequence[HostSpec], *, file: str = "") -> list[Problem]:
+    """With a monitoring group, every host also runs a node exporter (and a gateway its metrics
+    listener): no two listeners of one host may share a port."""
+    if not any(h.monitoring for h in fleet):
+        return []
+    problems: list[Problem] = []
+    for host in fleet:
+        seen: dict[int, str] = {}
+        for port, who, variable in _ports_of(host):
+            if port in seen and variable in _MONITORING_PORTS:
+                problems.append(Problem(
+                    f"is also the port of {seen[port]} on this host", file=file,
+                    host=host.name, variable=variable, value=port, has_value=True,
+                    allowed="a port no other listener of this host uses"))
+            seen.setdefault(port, who)
+    return problems
+
+
+def _validate_gateways(fleet: Sequence[HostSpec], file: str) -> list[Problem]:
     gateways = [h for h in fleet if h.gateway]
     if not gateways:
         return []

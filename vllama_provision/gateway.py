@@ -94,6 +94,9 @@ class GatewayPlan:
     # Controller-side certificate and key of the listener ("" each: plain http).
     tls_cert_file: str = ""
     tls_key_file: str = ""
+    # The metrics listener (HAProxy's Prometheus exporter), when the inventory has a monitoring
+    # group (0: none).
+    metrics_port: int = 0
 
     @property
     def tls(self) -> bool:
@@ -190,9 +193,11 @@ def plan_routes(fleet: Sequence[HostSpec], facts_for: FactsFor
 
 
 def plan_gateway(host: HostSpec, routes: list[ModelRoute], checks: Sequence[Check] = (),
-                 *, key_present: Callable[[str], bool] | None = None) -> GatewayPlan:
+                 *, key_present: Callable[[str], bool] | None = None,
+                 monitored: bool = False) -> GatewayPlan:
     """The gateway of one host. ``key_present`` tells whether the controller holds an
-    instance's key copy (an instance never applied has none: it is left out until it is)."""
+    instance's key copy (an instance never applied has none: it is left out until it is);
+    ``monitored``: the inventory has a monitoring group, which scrapes the gateway's metrics."""
     bind = host.var("vllama_gateway_bind_address") or default_bind(host)
     port = int(host.var("vllama_gateway_port"))
     connect = host.ansible_host if bind in ("0.0.0.0", "::") else bind
@@ -233,7 +238,9 @@ def plan_gateway(host: HostSpec, routes: list[ModelRoute], checks: Sequence[Chec
                        endpoint=f"{scheme}://{url_host}:{port}", settings=settings, keys=keys,
                        models=kept, paths=p, files=gateway_files(p), checks=plan_checks,
                        tls_cert_file=cert,
-                       tls_key_file=str(host.var("vllama_gateway_tls_key_file") or ""))
+                       tls_key_file=str(host.var("vllama_gateway_tls_key_file") or ""),
+                       metrics_port=int(host.var("vllama_gateway_metrics_port"))
+                       if monitored else 0)
 
 
 def gateway_key_path(name: str) -> str:
@@ -248,7 +255,9 @@ def plan_fleet_gateways(fleet: Sequence[HostSpec], facts_for: FactsFor,
     if not any(h.gateway for h in fleet):
         return {}
     routes, checks = plan_routes(fleet, facts_for)
-    return {h.name: plan_gateway(h, routes, checks, key_present=key_present)
+    monitored = any(h.monitoring for h in fleet)
+    return {h.name: plan_gateway(h, routes, checks, key_present=key_present,
+                                 monitored=monitored)
             for h in fleet if h.gateway}
 
 
@@ -294,14 +303,7 @@ def client_key(entry: dict[str, str]) -> str:
     if entry.get("key_file"):
         return _read_key(entry["key_file"], f"client key {entry['name']}")
     path = Path(entry.get("copy") or gateway_key_path(entry["name"]))
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        pass
-    else:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(_new_key())
+    paths.create_secret(path, _new_key)
     return _read_key(str(path), f"client key {entry['name']}")
 
 

@@ -85,6 +85,8 @@ class HostSpec:
             return self.vars[name]
         if name in schema.GATEWAY_OPTION_NAMES:
             return schema.gateway_defaults().get(name)
+        if name in schema.MONITORING_OPTION_NAMES or name.startswith("vllama_node_exporter_"):
+            return schema.monitoring_defaults().get(name)
         return schema.host_defaults().get(name)
 
     @property
@@ -95,6 +97,11 @@ class HostSpec:
     def gateway(self) -> bool:
         """Whether the host runs the fleet's gateway (group vllama_gateways)."""
         return schema.GATEWAY_GROUP in self.groups
+
+    @property
+    def monitoring(self) -> bool:
+        """Whether the host runs the fleet's Prometheus (group vllama_monitoring)."""
+        return schema.MONITORING_GROUP in self.groups
 
 
 @dataclass
@@ -292,6 +299,12 @@ def _resolve_hosts(path: Path, limit: str | None
                                   if g.name not in ("all", "ungrouped")))
             hosts[host.name] = HostSpec(name=host.name, file=str(path), vars=resolved,
                                         groups=groups)
+        watchers = manager.groups.get(schema.MONITORING_GROUP)
+        if watchers is not None and not watchers.get_hosts():
+            problems.append(Problem(f"the group {schema.MONITORING_GROUP} has no host: nothing "
+                                    "would scrape the fleet", file=str(path),
+                                    variable=schema.MONITORING_GROUP,
+                                    allowed="at least one host in the group, or no such group"))
         if problems:
             raise InventoryError(problems)
     return {n: h for n, h in hosts.items() if n in selected_names}, hosts

@@ -6,6 +6,7 @@ import hashlib
 import importlib.util
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
@@ -32,6 +33,18 @@ def load_plugin_file(relative: str, name: str) -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def create_secret(path: Path, make: Callable[[], str]) -> None:
+    """Write ``make()`` to ``path`` (0600, in a 0700 folder) unless it exists: a secret the
+    controller generates once and keeps (concurrent runs never overwrite each other's)."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(make())
 
 
 def roles_dir() -> Path:

@@ -14,8 +14,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from vllama_provision import gateway, paths
+from vllama_provision import gateway, monitoring, paths
 from vllama_provision.gateway import GatewayPlan
+from vllama_provision.monitoring import MonitoringPlan
 from vllama_provision.planner import HostPlan, InstancePlan
 
 # The header every rendered file starts with (through `{{ ansible_managed | comment }}`).
@@ -79,6 +80,17 @@ def render_gateway(plan: GatewayPlan) -> list[RenderedFile]:
     them on the host from the controller's key copies, and nothing else ever holds them)."""
     variables = gateway.template_vars(plan, MANAGED)
     return [RenderedFile(host=plan.host, instance="(gateway)", template=spec["template"],
+                         dest=spec["dest"], mode=spec["mode"], validator=spec["validator"],
+                         content=render_template(spec["template"], variables))
+            for spec in plan.files]
+
+
+def render_monitoring(plan: MonitoringPlan) -> list[RenderedFile]:
+    """Every rendered file of a monitoring host. Its web configuration holds the bcrypt hash of
+    Prometheus' password (made on the controller on first use, like a generated key); the
+    password itself and the llama-server credential files are written by the role only."""
+    variables = monitoring.template_vars(plan, MANAGED, monitoring.password_hash(plan))
+    return [RenderedFile(host=plan.host, instance="(monitoring)", template=spec["template"],
                          dest=spec["dest"], mode=spec["mode"], validator=spec["validator"],
                          content=render_template(spec["template"], variables))
             for spec in plan.files]

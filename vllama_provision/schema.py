@@ -255,6 +255,10 @@ GATEWAY_KEY_OPTIONS: tuple[Option, ...] = (
 GATEWAY_OPTIONS: tuple[Option, ...] = (
     Option("vllama_gateway_port", "int", "TCP port of the gateway's OpenAI endpoint.",
            default=4000, minimum=1, maximum=65535),
+    Option("vllama_gateway_metrics_port", "int", "TCP port of the gateway's Prometheus "
+           "metrics (HAProxy's exporter: per-model request rates, response codes, queue and "
+           "response times), opened when the inventory has a vllama_monitoring group.",
+           default=8405, minimum=1, maximum=65535),
     Option("vllama_gateway_bind_address", "str",
            "Address the gateway listens on. Empty: ansible_host when it is an IP literal, "
            "else 0.0.0.0.", default=""),
@@ -288,8 +292,74 @@ GATEWAY_OPTIONS: tuple[Option, ...] = (
            default="", pattern=r"^$|" + ABS_PATH_PATTERN[1:], pattern_help="an absolute path"),
 )
 
+# The inventory group whose hosts run the fleet's Prometheus (and Alertmanager), and their
+# variables; and the exporter every Linux host of such an inventory runs.
+MONITORING_GROUP = "vllama_monitoring"
+DURATION_PATTERN = r"^([0-9]+(ms|s|m|h|d|w|y))+$"
+DURATION_HELP = "a Prometheus duration such as 30s, 5m, 15d or 1h30m"
+SIZE_PATTERN = r"^$|^[0-9]+(B|KB|MB|GB|TB|PB|EB)$"
+URL_PATTERN = r"^https?://[^\s/]+(/[^\s]*)?$"
+
+
+def _duration(name: str, description: str, default: str) -> Option:
+    return Option(name, "str", description, default=default, pattern=DURATION_PATTERN,
+                  pattern_help=DURATION_HELP)
+
+
+MONITORING_OPTIONS: tuple[Option, ...] = (
+    Option("vllama_monitoring_port", "int", "TCP port of Prometheus' web UI and HTTP API.",
+           default=9090, minimum=1, maximum=65535),
+    Option("vllama_monitoring_bind_address", "str",
+           "Address Prometheus and Alertmanager listen on. Empty: ansible_host when it is an IP "
+           "literal, else every address.", default=""),
+    _duration("vllama_monitoring_retention_time", "How long Prometheus keeps samples "
+              "(--storage.tsdb.retention.time).", "15d"),
+    Option("vllama_monitoring_retention_size", "str", "Most disk the samples may take "
+           "(--storage.tsdb.retention.size), oldest dropped first. Empty: no size limit.",
+           default="", pattern=SIZE_PATTERN, pattern_help="a size such as 512MB or 20GB"),
+    _duration("vllama_monitoring_scrape_interval", "How often every target is scraped.", "15s"),
+    _duration("vllama_monitoring_evaluation_interval", "How often the alert rules are "
+              "evaluated.", "15s"),
+    Option("vllama_monitoring_password_file", "str", "Controller-side file (0600) holding the "
+           "password of Prometheus' basic-auth user `vllama` (its API and UI). Empty: generated "
+           "on first apply and kept (0600) on the controller.",
+           default="", pattern=r"^$|" + ABS_PATH_PATTERN[1:], pattern_help="an absolute path"),
+    Option("vllama_monitoring_alertmanager", "bool", "Run Alertmanager (OS package) on this "
+           "host and send the alerts to it.", default=True),
+    Option("vllama_monitoring_alertmanager_port", "int", "TCP port of the local Alertmanager.",
+           default=9093, minimum=1, maximum=65535),
+    Option("vllama_monitoring_alertmanagers", "list", "Other Alertmanagers the alerts go to, "
+           "as URLs (http[s]://HOST:PORT[/PREFIX]).", default=[], elements="str"),
+    _duration("vllama_monitoring_down_for", "How long an engine, exporter or gateway stays "
+              "unreachable before its alert fires.", "2m"),
+    Option("vllama_monitoring_error_ratio", "float", "Share of a model's requests answered "
+           "5xx by the gateway above which its alert fires.", default=0.05, minimum=0.0,
+           maximum=1.0, exclusive_minimum=True),
+    _duration("vllama_monitoring_error_for", "How long the 5xx share stays above "
+              "vllama_monitoring_error_ratio before the alert fires.", "5m"),
+    Option("vllama_monitoring_disk_free_ratio", "float", "Free share of the models root's "
+           "filesystem below which its alert fires.", default=0.10, minimum=0.0, maximum=1.0,
+           exclusive_minimum=True),
+    Option("vllama_monitoring_gpu_temperature_c", "int", "GPU temperature (Celsius) above "
+           "which its alert fires (DCGM).", default=85, minimum=1, maximum=150),
+    Option("vllama_monitoring_gpu_memory_ratio", "float", "Used share of a GPU's memory above "
+           "which its alert fires (DCGM).", default=0.97, minimum=0.0, maximum=1.0,
+           exclusive_minimum=True),
+    _duration("vllama_monitoring_switch_for", "How long a release switch may stay unfinished "
+              "before its alert fires.", "30m"),
+)
+
+EXPORTER_OPTIONS: tuple[Option, ...] = (
+    Option("vllama_node_exporter_port", "int", "TCP port of the host's node exporter (in an "
+           "inventory with a vllama_monitoring group).", default=9100, minimum=1,
+           maximum=65535),
+    Option("vllama_node_exporter_bind_address", "str", "Address the node exporter listens on. "
+           "Empty: ansible_host when it is an IP literal, else every address.", default=""),
+)
+
 HOST_OPTION_NAMES = frozenset(o.name for o in HOST_OPTIONS)
 GATEWAY_OPTION_NAMES = frozenset(o.name for o in GATEWAY_OPTIONS)
+MONITORING_OPTION_NAMES = frozenset(o.name for o in MONITORING_OPTIONS)
 INSTANCE_OPTION_NAMES = frozenset(o.name for o in INSTANCE_OPTIONS)
 
 
@@ -300,6 +370,11 @@ def host_defaults() -> dict[str, Any]:
 
 def gateway_defaults() -> dict[str, Any]:
     return {o.name: o.default for o in GATEWAY_OPTIONS if o.has_default}
+
+
+def monitoring_defaults() -> dict[str, Any]:
+    """Defaults of the monitoring host's and the exporters' variables."""
+    return {o.name: o.default for o in MONITORING_OPTIONS + EXPORTER_OPTIONS if o.has_default}
 
 
 def instance_defaults() -> dict[str, Any]:

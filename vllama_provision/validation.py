@@ -321,20 +321,42 @@ def _check_gateway_vars(present: Mapping[str, Any], gateway: bool, flagged: set[
     return problems
 
 
+def _check_monitoring_vars(present: Mapping[str, Any], monitoring: bool,
+                           flagged: set[str | None], where: dict[str, str]) -> list[Problem]:
+    """Monitoring variables: only on hosts of the monitoring group; a private password file;
+    its own ports apart."""
+    problems: list[Problem] = []
+    if not monitoring:
+        for key in sorted(k for k in present if k in schema.MONITORING_OPTION_NAMES):
+            problems.append(Problem(f"is set on a host outside the group "
+                                    f"{schema.MONITORING_GROUP}, where nothing reads it",
+                                    variable=key, allowed=f"add the host to "
+                                    f"{schema.MONITORING_GROUP}, or remove the variable", **where))
+        return problems
+    password = present.get("vllama_monitoring_password_file") or ""
+    if password and "vllama_monitoring_password_file" not in flagged:
+        problems += _check_secret_file(password, "vllama_monitoring_password_file", where)
+    return problems
+
+
 def validate_host(host: str, host_vars: Mapping[str, Any], *, file: str = "",
                   groups: Sequence[str] = ()) -> list[Problem]:
     """All static problems of one host's vllama_* variables (``groups``: the inventory groups
-    the host belongs to; a host of the gateway group may serve no instance)."""
+    the host belongs to; a host of the gateway or monitoring group may serve no instance)."""
     where = {"file": file, "host": host}
-    gateway = schema.GATEWAY_GROUP in groups
+    monitoring = schema.MONITORING_GROUP in groups
+    # A host that routes or watches the fleet may serve no model itself.
+    gateway = schema.GATEWAY_GROUP in groups or monitoring
     present = {k: v for k, v in host_vars.items() if str(k).startswith("vllama_")}
     # Other roles' variables (vllama_base_*, vllama_facts*) and what `lab up` writes
     # (vllama_lab*) share the prefix but are not engine options.
     present = {k: v for k, v in present.items() if not k.startswith(OTHER_PREFIXES)}
-    problems = schema.validate_mapping(present, schema.HOST_OPTIONS + schema.GATEWAY_OPTIONS,
+    problems = schema.validate_mapping(present, schema.HOST_OPTIONS + schema.GATEWAY_OPTIONS
+                                       + schema.MONITORING_OPTIONS + schema.EXPORTER_OPTIONS,
                                        where=where)
     flagged = {p.variable for p in problems}
-    problems += _check_gateway_vars(present, gateway, flagged, where)
+    problems += _check_gateway_vars(present, schema.GATEWAY_GROUP in groups, flagged, where)
+    problems += _check_monitoring_vars(present, monitoring, flagged, where)
     problems += zfs.validate({k: v for k, v in present.items() if k not in flagged}, where)
     token_file = present.get("vllama_hf_token_file")
     if isinstance(token_file, str) and "vllama_hf_token_file" not in flagged:
@@ -348,13 +370,15 @@ def validate_host(host: str, host_vars: Mapping[str, Any], *, file: str = "",
     if instances is None and not gateway:
         problems.append(Problem("is required", variable="vllama_instances",
                                 allowed="a list of instances (see the README), or the host in "
-                                f"the group {schema.GATEWAY_GROUP}", **where))
+                                f"the group {schema.GATEWAY_GROUP} or "
+                                f"{schema.MONITORING_GROUP}", **where))
     if not isinstance(instances, list):
         return problems
     if not instances and not gateway:
         problems.append(Problem("must list at least one instance", variable="vllama_instances",
                                 allowed="a list of instances, or none on a host of the group "
-                                f"{schema.GATEWAY_GROUP}", **where))
+                                f"{schema.GATEWAY_GROUP} or {schema.MONITORING_GROUP}",
+                                **where))
     platform = _platform_of(host_vars)
     good: list[Mapping[str, Any]] = []
     for index, inst in enumerate(instances):

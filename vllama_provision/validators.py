@@ -663,6 +663,45 @@ def verify_haproxy_config(text: str, companions: Mapping[str, str] | None = None
     return problems
 
 
+# --------------------------------------------------------------------------------------------
+# Prometheus (promtool, from the OS package prometheus; never started on the controller)
+
+
+def _promtool() -> str:
+    tool = shutil.which("promtool")
+    if tool is None:
+        raise ValidatorUnavailable("promtool is not installed (apt-get install prometheus; "
+                                   "scripts/setup installs it without starting it)")
+    return tool
+
+
+def verify_promtool(kind: str, content: str, name: str) -> list[str]:
+    """``promtool check KIND`` of one file: ``rules``, ``web-config`` or ``config`` (the
+    latter with ``--syntax-only``: the credential files it names exist only on the host, where
+    the role runs the full check before each reload). Its complaints are the problems."""
+    tool = _promtool()
+    with tempfile.TemporaryDirectory(prefix="vllama-promtool-") as tmp:
+        path = Path(tmp) / name
+        path.write_text(content, encoding="utf-8")
+        extra = ["--syntax-only"] if kind == "config" else []
+        result = _run([tool, "check", kind, *extra, str(path)])
+    if result.returncode == 0:
+        return []
+    output = (result.stdout + result.stderr).replace(f"{path}", name)
+    found = [line.strip() for line in output.splitlines()
+             if line.strip() and not line.startswith(("Checking ", "  SUCCESS"))]
+    return found or [f"promtool check {kind} exited {result.returncode}"]
+
+
+def _validate_dropin(content: str, dest: str, _instance: InstancePlan | None) -> list[str]:
+    """A drop-in of a packaged unit, checked as part of a unit that runs that package's
+    program (``systemd-analyze verify``)."""
+    unit = Path(dest).parent.name.removesuffix(".d")
+    program = f"/usr/bin/{unit.removesuffix('.service')}"
+    text = f"[Unit]\nDescription=drop-in check\n\n{content.rstrip()}\nExecStart={program}\n"
+    return verify_systemd_unit(text, unit_name=unit, host_executables=[program])
+
+
 # The planner names a validator for every rendered file (``RenderedFile.validator``); this table
 # is the one place that says which function checks it (render --validate, the render tier and
 # the role's pre-switch checks all go through ``validate_file``).
@@ -673,6 +712,13 @@ VALIDATORS: dict[str, Callable[[str, str, InstancePlan | None], list[str]]] = {
     "env": _validate_env,
     # Alone, without the gateway's other files (validate_files passes them).
     "haproxy": lambda content, _dest, _instance: verify_haproxy_config(content),
+    "promtool-rules": lambda content, dest, _instance: verify_promtool("rules", content,
+                                                                       Path(dest).name),
+    "promtool-web": lambda content, dest, _instance: verify_promtool("web-config", content,
+                                                                     Path(dest).name),
+    "promtool-config": lambda content, dest, _instance: verify_promtool("config", content,
+                                                                        Path(dest).name),
+    "systemd-dropin": _validate_dropin,
 }
 
 

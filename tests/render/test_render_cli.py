@@ -39,7 +39,9 @@ def test_render_validate_checks_every_file(tmp_path: Path, inventory: str,
 
 
 def test_every_validator_the_planner_names_is_dispatched() -> None:
-    assert set(validators.VALIDATORS) == {"systemd", "compose", "plist", "env", "haproxy"}
+    assert set(validators.VALIDATORS) == {"systemd", "compose", "plist", "env", "haproxy",
+                                          "promtool-rules", "promtool-web", "promtool-config",
+                                          "systemd-dropin"}
     with pytest.raises(ValueError, match=r"unknown validator 'ini'.*known: compose, env"):
         validators.validate_file("ini", "", dest="/etc/x.ini")
 

@@ -22,6 +22,7 @@ import yaml
 from vllama_provision import gpu, validators
 from vllama_provision.gateway import gateway_files, gateway_paths
 from vllama_provision.inventory import load_inventory
+from vllama_provision.monitoring import monitoring_files, monitoring_paths
 from vllama_provision.planner import HostPlan, InstancePlan, plan_host
 from vllama_provision.render import (
     MANAGED,
@@ -163,6 +164,8 @@ def test_cases_cover_every_template_and_engine(cases: dict[str, Case],
     templates = {f.template for c in [*cases.values(), *examples.values()] for f in c.files}
     # The gateway's templates are rendered by its own tests (test_gateway_render.py).
     templates |= {f["template"] for f in gateway_files(gateway_paths())}
+    # So are the monitoring host's (test_monitoring.py).
+    templates |= {f["template"] for f in monitoring_files(monitoring_paths(), True)}
     on_disk = {str(p.relative_to(REPO / "templates")) for p in (REPO / "templates").rglob("*.j2")}
     assert templates == on_disk
     combos = {(c.instance.server, c.instance.deploy, c.instance.backend) for c in cases.values()}

@@ -120,8 +120,10 @@ def test_plan_works_offline(lab_plan: subprocess.CompletedProcess) -> None:
 def _check_report_shape(report: dict, command: str) -> None:
     assert shape_problems(report, command) == []
     assert set(report) == {"schema", "hosts", "summary"}
-    assert set(report["hosts"]) == {"gpu-01", "gpu-02", "mac-studio", "gateway-01"}
+    assert set(report["hosts"]) == {"gpu-01", "gpu-02", "mac-studio", "gateway-01",
+                                    "monitoring-01"}
     assert report["hosts"]["gateway-01"]["instances"] == []
+    assert report["hosts"]["monitoring-01"]["instances"] == []
     for name, host in report["hosts"].items():
         assert set(host) >= HOST_KEYS, name
         assert host["status"] in STATUSES
@@ -138,7 +140,7 @@ def _check_report_shape(report: dict, command: str) -> None:
     summary = report["summary"]
     assert summary["command"] == command
     assert summary["exit_code"] == 0
-    assert summary["ok"] == 4
+    assert summary["ok"] == 5
     assert set(summary) >= STATUSES
 
 
@@ -171,12 +173,21 @@ def test_render_writes_every_file_under_out_host(offline: list[str], tmp_path: P
         "gateway-01/etc/vllama/gateway/gateway.lua",
         "gateway-01/etc/vllama/gateway/models.map",
         "gateway-01/etc/systemd/system/vllama-gateway.service",
+        # The monitoring host: Prometheus' files, planned from the whole fleet too.
+        "monitoring-01/etc/prometheus/prometheus.yml",
+        "monitoring-01/etc/prometheus/vllama-rules.yml",
+        "monitoring-01/etc/prometheus/vllama-web.yml",
+        "monitoring-01/etc/prometheus/alertmanager.yml",
+        "monitoring-01/etc/default/prometheus",
+        "monitoring-01/etc/systemd/system/prometheus.service.d/vllama.conf",
     }
     written = {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()}
     assert written == expected
     for rel in expected:
         assert f": {out / rel}" in proc.stdout
-        assert (out / rel).stat().st_mode & 0o777 == 0o644
+        # The web configuration (a password hash) is readable by root and Prometheus only.
+        mode = 0o640 if rel.endswith("vllama-web.yml") else 0o644
+        assert (out / rel).stat().st_mode & 0o777 == mode
         assert (out / rel).read_text().strip(), rel
 
     unit = (out / "gpu-01/etc/systemd/system/vllama-qwen-7b.service").read_text()

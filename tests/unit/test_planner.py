@@ -56,8 +56,9 @@ def lab() -> dict[str, HostPlan]:
 
 
 def test_lab_inventory_plan_offline(lab: dict[str, HostPlan]) -> None:
-    assert set(lab) == {"gpu-01", "gpu-02", "mac-studio", "gateway-01"}
+    assert set(lab) == {"gpu-01", "gpu-02", "mac-studio", "gateway-01", "monitoring-01"}
     assert lab["gateway-01"].instances == []  # it serves no model: it routes to the others
+    assert lab["monitoring-01"].instances == []  # it watches the others
     for plan in lab.values():
         assert plan.platform_source == "inventory"
         assert plan.facts is False

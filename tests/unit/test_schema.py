@@ -128,7 +128,7 @@ def test_ansible_accepts_the_example_inventories(inventory: Path) -> None:
     assert hosts
     for host in hosts:
         params = _role_params(host.vars, options)
-        assert "vllama_instances" in params or host.gateway
+        assert "vllama_instances" in params or host.gateway or host.monitoring
         if not host.instances:
             continue
         result = validator.validate(params)
