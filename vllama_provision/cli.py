@@ -207,9 +207,10 @@ def render(inventory: Path, out: Path, limit: str | None, json_out: str | None,
     from vllama_provision import facts as fact_cache
     from vllama_provision.gateway import plan_inventory_gateways
     from vllama_provision.inventory import load_inventory
-    from vllama_provision.monitoring import plan_inventory_monitoring
+    from vllama_provision.monitoring import plan_inventory_exporters, plan_inventory_monitoring
     from vllama_provision.planner import plan_host
     from vllama_provision.render import (
+        render_exporter,
         render_gateway,
         render_host,
         render_monitoring,
@@ -224,7 +225,9 @@ def render(inventory: Path, out: Path, limit: str | None, json_out: str | None,
     services: dict[str, dict[str, list[Any]]] = {
         "gateway": {h: render_gateway(g) for h, g in plan_inventory_gateways(inv).items()},
         "monitoring": {h: render_monitoring(m)
-                       for h, m in plan_inventory_monitoring(inv).items()}}
+                       for h, m in plan_inventory_monitoring(inv).items()},
+        "node exporter": {h: render_exporter(h, e)
+                          for h, e in plan_inventory_exporters(inv).items()}}
     for host in inv:
         host_plan = plan_host(host, fact_cache.load(inventory, host.name))
         entry = report.host(host.name)
@@ -244,7 +247,8 @@ def render(inventory: Path, out: Path, limit: str | None, json_out: str | None,
                 else:
                     click.echo(f"{host.name}: {len(files)} {service} file(s) valid",
                                err=to_stderr)
-        if not host.instances and any(host.name in r for r in services.values()):
+        if not host.instances and any(host.name in r for name, r in services.items()
+                                      if name != "node exporter"):
             continue
         if host_plan.platform is None:
             entry.status = "skipped"

@@ -10,7 +10,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from vllama_provision import gpu, paths
 
@@ -37,3 +39,19 @@ def load(inventory: Path, host: str) -> gpu.HostFacts | None:
     if not target.is_file():
         return None
     return gpu.load_host_facts(target)
+
+
+def from_hostvars(hostvars: Any) -> Callable[[Any], gpu.HostFacts | None]:
+    """For the fleet-level action plugins (gateway, monitoring): a host's facts as this run
+    gathered them when the host took part in it, else the controller's cache for its
+    inventory file."""
+    from vllama_provision.inventory import to_plain
+
+    def facts_for(spec: Any) -> gpu.HostFacts | None:
+        live = to_plain(hostvars[spec.name].get("vllama_facts") or None)
+        if live and not gpu.validate_host_facts(live):
+            return live
+        source = hostvars[spec.name].get("inventory_file")
+        return load(Path(source), spec.name) if source else None
+
+    return facts_for

@@ -308,3 +308,18 @@ def _resolve_hosts(path: Path, limit: str | None
         if problems:
             raise InventoryError(problems)
     return {n: h for n, h in hosts.items() if n in selected_names}, hosts
+
+
+def fleet_for_plugin(task_vars: Mapping[str, Any]
+                     ) -> tuple[list[HostSpec], HostSpec | None, list[str]]:
+    """For the fleet-level action plugins (gateway, monitoring): every host of the inventory as
+    the run sees it, this task's host among them (None when it is not), and the problems of
+    that host's variables and of the fleet's rules, rendered (empty when valid)."""
+    fleet = fleet_from_hostvars(task_vars.get("hostvars") or {}, task_vars.get("groups") or {})
+    host = task_vars.get("inventory_hostname", "")
+    me = next((h for h in fleet if h.name == host), None)
+    if me is None:
+        return fleet, None, []
+    problems = validate_host(host, me.vars, file="inventory", groups=me.groups)
+    problems += validate_fleet(fleet, file="inventory")
+    return fleet, me, [p.render() for p in problems]

@@ -40,6 +40,12 @@ CREDENTIALS_DIR = "/etc/prometheus/vllama-credentials"
 # Where the role writes the release metrics the node exporter's textfile collector reads.
 TEXTFILE_DIR = "/var/lib/prometheus/node-exporter"
 DCGM_EXPORTER_PORT = 9400
+# The node exporter's default list of file systems it leaves out (1.5), without overlay: a
+# models root on an overlay root file system (containers, the lab's hosts) must be watched;
+# Docker's own overlay mounts stay out by the default mount-point exclusion.
+FS_TYPES_EXCLUDE = ("^(autofs|binfmt_misc|bpf|cgroup2?|configfs|debugfs|devpts|devtmpfs|fusectl|"
+                    "hugetlbfs|iso9660|mqueue|nsfs|proc|procfs|pstore|rpc_pipefs|securityfs|"
+                    "selinuxfs|squashfs|sysfs|tracefs)$")
 USER = "vllama"  # Prometheus' basic-auth user
 
 FactsFor = Callable[[HostSpec], gpu.HostFacts | None]
@@ -90,11 +96,35 @@ def _address(host: HostSpec, bind: str, port: int) -> str:
     return f"[{connect}]:{port}" if ":" in connect else f"{connect}:{port}"
 
 
+# The node exporter's rendered file (its command line), on every Linux host of a monitored fleet.
+EXPORTER_FILES = [{"template": "prometheus/node-exporter.defaults.j2",
+                   "dest": "/etc/default/prometheus-node-exporter", "mode": "0644",
+                   "validator": ""}]
+
+
+def exporter_address(host: HostSpec) -> str:
+    """HOST:PORT the host's node exporter listens on (and is scraped at)."""
+    bind = host.var("vllama_node_exporter_bind_address") or default_bind(host)
+    return _address(host, bind, host.var("vllama_node_exporter_port"))
+
+
+def exporter_plan(host: HostSpec) -> dict[str, Any]:
+    """What the node exporter role needs on ``host``: where it listens, which units its systemd
+    collector reports, where the role's text-file metrics go."""
+    bind = host.var("vllama_node_exporter_bind_address") or default_bind(host)
+    port = host.var("vllama_node_exporter_port")
+    listen = f"[{bind}]:{port}" if ":" in bind else f"{bind}:{port}"
+    return {"listen": listen, "address": exporter_address(host), "textfile_dir": TEXTFILE_DIR,
+            "units": "vllama-.+[.]service", "models_root": host.var("vllama_models_root"),
+            "fs_types_exclude": FS_TYPES_EXCLUDE, "files": EXPORTER_FILES}
+
+
 def monitoring_paths() -> dict[str, str]:
     return {"config": f"{CONFIG_DIR}/prometheus.yml", "rules": f"{CONFIG_DIR}/vllama-rules.yml",
             "web_config": f"{CONFIG_DIR}/vllama-web.yml",
             "alertmanager_config": f"{CONFIG_DIR}/alertmanager.yml",
             "defaults": "/etc/default/prometheus",
+            "alertmanager_defaults": "/etc/default/prometheus-alertmanager",
             "dropin": "/etc/systemd/system/prometheus.service.d/vllama.conf",
             "credentials_dir": CREDENTIALS_DIR, "password": f"{CREDENTIALS_DIR}/prometheus",
             "data_dir": "/var/lib/prometheus/metrics2", "textfile_dir": TEXTFILE_DIR}
@@ -114,8 +144,11 @@ def monitoring_files(p: dict[str, str], alertmanager: bool) -> list[dict[str, st
          "validator": "systemd-dropin"},
     ]
     if alertmanager:
-        files.append({"template": "prometheus/alertmanager.yml.j2",
-                      "dest": p["alertmanager_config"], "mode": "0644", "validator": ""})
+        files += [{"template": "prometheus/alertmanager.yml.j2",
+                   # Checked on the host by amtool (the role), before Alertmanager reads it.
+                   "dest": p["alertmanager_config"], "mode": "0644", "validator": ""},
+                  {"template": "prometheus/alertmanager.defaults.j2",
+                   "dest": p["alertmanager_defaults"], "mode": "0644", "validator": ""}]
     files.append({"template": "prometheus/prometheus.yml.j2", "dest": p["config"],
                   "mode": "0644", "validator": "promtool-config"})
     return files
@@ -134,9 +167,7 @@ def plan_jobs(fleet: Sequence[HostSpec], facts_for: FactsFor) -> tuple[list[Job]
                                 "unknown (set vllama_platform or run `vllama-provision facts "
                                 "INVENTORY --save`)"))
         if plan.platform != "macos-arm64":
-            bind = host.var("vllama_node_exporter_bind_address") or default_bind(host)
-            jobs["node"].targets.append(Target(
-                _address(host, bind, host.var("vllama_node_exporter_port")), host.name))
+            jobs["node"].targets.append(Target(exporter_address(host), host.name))
         if host.gateway:
             bind = host.var("vllama_gateway_bind_address") or default_bind(host)
             jobs["vllama_gateway"].targets.append(Target(
@@ -202,6 +233,16 @@ def plan_inventory_monitoring(inventory: Any) -> dict[str, MonitoringPlan]:
                                  lambda host: fact_cache.load(inventory.path, host.name))
 
 
+def plan_inventory_exporters(inventory: Any) -> dict[str, dict[str, Any]]:
+    """The node exporter of every Linux host the command works on, when the inventory has a
+    monitoring group (HOST -> exporter_plan)."""
+    fleet = list(inventory.fleet.values())
+    if not any(h.monitoring for h in fleet):
+        return {}
+    return {h.name: exporter_plan(h) for h in inventory
+            if plan_host(h, fact_cache.load(inventory.path, h.name)).platform != "macos-arm64"}
+
+
 def template_vars(plan: MonitoringPlan, managed: str, password_hash: str = "") -> dict[str, Any]:
     """What the monitoring templates see, on the host and in ``render`` alike."""
     return {"_vllama_monitoring": plan.to_dict(), "_vllama_monitoring_password_hash":
@@ -219,13 +260,7 @@ def password(plan: MonitoringPlan | dict[str, Any]) -> str:
                 plan["password_file"])
     if str(path).startswith(str(paths.keys_dir())):  # generated, not the inventory's file
         paths.create_secret(path, lambda: secrets.token_urlsafe(24) + "\n")
-    try:
-        text = path.read_text(encoding="utf-8").strip()
-    except OSError as exc:
-        raise MonitoringSecretError(f"{path} cannot be read ({exc.strerror})") from None
-    if not text or any(c.isspace() for c in text):
-        raise MonitoringSecretError(f"{path} must hold one password without spaces")
-    return text
+    return _read_secret(str(path), "vllama_monitoring_password_file")
 
 
 def password_hash(plan: MonitoringPlan | dict[str, Any]) -> str:
@@ -249,3 +284,25 @@ def password_hash(plan: MonitoringPlan | dict[str, Any]) -> str:
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
         handle.write(made + "\n")
     return made
+
+
+def _read_secret(path: str, what: str) -> str:
+    try:
+        text = Path(path).read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise MonitoringSecretError(f"{what}: {path} cannot be read ({exc.strerror})") from None
+    if not text or any(c.isspace() for c in text):
+        raise MonitoringSecretError(f"{what}: {path} must hold one secret without spaces")
+    return text
+
+
+def secret_files(plan: dict[str, Any]) -> dict[str, str]:
+    """The monitoring host's secret files by path: Prometheus' password (for its own scrape)
+    and the key of each llama-server it scrapes, from the controller's copies."""
+    files = {plan["paths"]["password"]: password(plan)}
+    for job in plan["jobs"]:
+        for target in job["targets"]:
+            if target.get("credentials"):
+                files[target["credentials"]] = _read_secret(
+                    target["key_copy"], f"{target['host']}/{target['instance']}")
+    return files

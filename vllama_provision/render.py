@@ -96,6 +96,15 @@ def render_monitoring(plan: MonitoringPlan) -> list[RenderedFile]:
             for spec in plan.files]
 
 
+def render_exporter(host: str, plan: dict[str, Any]) -> list[RenderedFile]:
+    """The node exporter's file of a host of a monitored fleet."""
+    variables = {"_vllama_node_exporter": plan, "ansible_managed": MANAGED}
+    return [RenderedFile(host=host, instance="(node exporter)", template=spec["template"],
+                         dest=spec["dest"], mode=spec["mode"], validator=spec["validator"],
+                         content=render_template(spec["template"], variables))
+            for spec in plan["files"]]
+
+
 def write_rendered(files: list[RenderedFile], out: Path) -> list[Path]:
     """Write rendered files under OUT/HOST/<absolute destination>."""
     written = []

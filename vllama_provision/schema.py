@@ -554,4 +554,16 @@ def role_files() -> dict[str, str]:
             "vllama/defaults/main.yml": defaults_yaml(),
             "vllama_gateway/meta/argument_specs.yml":
                 argument_specs_yaml(gateway_argument_specs()),
-            "vllama_gateway/defaults/main.yml": defaults_yaml(GATEWAY_OPTIONS)}
+            "vllama_gateway/defaults/main.yml": defaults_yaml(GATEWAY_OPTIONS),
+            "vllama_monitoring/meta/argument_specs.yml": argument_specs_yaml(argument_specs(
+                MONITORING_OPTIONS, "Watch the fleet: Prometheus and Alertmanager.",
+                "Installs Prometheus and Alertmanager from the OS packages on a host of the "
+                "group vllama_monitoring, with the scrape configuration and alert rules planned "
+                "from the whole inventory.")),
+            "vllama_monitoring/defaults/main.yml": defaults_yaml(MONITORING_OPTIONS),
+            "vllama_node_exporter/meta/argument_specs.yml": argument_specs_yaml(argument_specs(
+                EXPORTER_OPTIONS, "Export a host's metrics: the node exporter.",
+                "Installs prometheus-node-exporter from the OS packages on the host's address, "
+                "with its systemd collector for the vllama-* units and the text-file metrics "
+                "of the models root.")),
+            "vllama_node_exporter/defaults/main.yml": defaults_yaml(EXPORTER_OPTIONS)}

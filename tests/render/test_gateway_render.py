@@ -72,7 +72,9 @@ def test_render_writes_the_gateway_beside_the_instances(tmp_path: Path,
     assert "gateway-01: 4 gateway file(s) valid" in result.stdout
     written = sorted(p.relative_to(out / "gateway-01").as_posix()
                      for p in (out / "gateway-01").rglob("*") if p.is_file())
-    assert written == ["etc/systemd/system/vllama-gateway.service",
+    # (and, the example fleet being monitored, its node exporter's command line)
+    assert written == ["etc/default/prometheus-node-exporter",
+                       "etc/systemd/system/vllama-gateway.service",
                        "etc/vllama/gateway/gateway.lua", "etc/vllama/gateway/haproxy.cfg",
                        "etc/vllama/gateway/models.map"]
     models = (out / "gateway-01/etc/vllama/gateway/models.map").read_text()

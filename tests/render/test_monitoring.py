@@ -98,7 +98,7 @@ def test_the_rendered_files_pass_promtool_and_systemd(plan: monitoring.Monitorin
     files = render_monitoring(plan)
     assert [Path(f.dest).name for f in files] == [
         "vllama-rules.yml", "vllama-web.yml", "prometheus", "vllama.conf", "alertmanager.yml",
-        "prometheus.yml"]
+        "prometheus-alertmanager", "prometheus.yml"]
     assert validators.validate_files(files) == []
     text = {Path(f.dest).name: f.content for f in files}
     for content in text.values():
@@ -121,6 +121,9 @@ def test_the_rendered_files_pass_promtool_and_systemd(plan: monitoring.Monitorin
     assert "--storage.tsdb.retention.time=15d" in args
     assert "--storage.tsdb.retention.size=20GB" in args
     assert "ReadWritePaths=/var/lib/prometheus/metrics2" in text["vllama.conf"]
+    # Alertmanager beside it, on the same address, its cluster port off.
+    assert "--web.listen-address=192.0.2.20:9093 --cluster.listen-address=\"" in \
+        text["prometheus-alertmanager"]
 
 
 def test_the_web_configuration_holds_only_a_stable_hash(plan: monitoring.MonitoringPlan) -> None:
@@ -197,19 +200,22 @@ def test_rule_target_down(rules: str, tmp_path: Path) -> None:
                 "description": "192.0.2.14:8000 (qwen) has been unreachable for 2m."})]}])
 
 
-def test_rule_unit_failed(rules: str, tmp_path: Path) -> None:
+def test_rule_unit_down(rules: str, tmp_path: Path) -> None:
     base = 'node_systemd_unit_state{name="vllama-smol.service", vllama_host="cpu-01", '
     _rule_test(rules, tmp_path, [{"interval": "1m", "input_series": [
-        {"series": base + 'state="failed"}', "values": "0 1 1 1 1"},
         {"series": base + 'state="active"}', "values": "1 0 0 0 0"},
-        {"series": 'node_systemd_unit_state{name="ssh.service", state="failed"}',
-         "values": "1 1 1 1 1"}],
-        "alert_rule_test": [_alert("VllamaUnitFailed", "4m", {
-            "name": "vllama-smol.service", "vllama_host": "cpu-01", "state": "failed",
-            "severity": "critical"}, {
-            "summary": "vllama-smol.service failed on cpu-01",
-            "description": "systemd reports the unit failed; `journalctl -u "
-                           "vllama-smol.service` on the host says why."})]}])
+        {"series": base + 'state="failed"}', "values": "0 1 1 1 1"},
+        # Another unit of the host, stopped: none of vllama's business.
+        {"series": 'node_systemd_unit_state{name="ssh.service", state="active"}',
+         "values": "0 0 0 0 0"}],
+        "alert_rule_test": [
+            _alert("VllamaUnitDown", "2m", None),
+            _alert("VllamaUnitDown", "4m", {
+                "name": "vllama-smol.service", "vllama_host": "cpu-01", "state": "active",
+                "severity": "critical"}, {
+                "summary": "vllama-smol.service is not running on cpu-01",
+                "description": "systemd reports the unit stopped or failed; `journalctl -u "
+                               "vllama-smol.service` on the host says why."})]}])
 
 
 def test_rule_model_unavailable(rules: str, tmp_path: Path) -> None:
@@ -316,7 +322,7 @@ def test_rules_gpu(rules: str, tmp_path: Path) -> None:
 def test_every_shipped_rule_has_a_test_here(rules: str) -> None:
     shipped = {r["alert"] for g in yaml.safe_load(rules)["groups"] for r in g["rules"]}
     source = Path(__file__).read_text(encoding="utf-8")
-    assert shipped == {"VllamaTargetDown", "VllamaUnitFailed", "VllamaModelUnavailable",
+    assert shipped == {"VllamaTargetDown", "VllamaUnitDown", "VllamaModelUnavailable",
                        "VllamaModelErrors", "VllamaModelsRootFull", "VllamaSwitchUnfinished",
                        "VllamaGpuXidErrors", "VllamaGpuHot", "VllamaGpuMemoryFull"}
     untested = {name for name in shipped if f'_alert("{name}", ' not in source}

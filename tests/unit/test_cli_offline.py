@@ -179,7 +179,11 @@ def test_render_writes_every_file_under_out_host(offline: list[str], tmp_path: P
         "monitoring-01/etc/prometheus/vllama-web.yml",
         "monitoring-01/etc/prometheus/alertmanager.yml",
         "monitoring-01/etc/default/prometheus",
+        "monitoring-01/etc/default/prometheus-alertmanager",
         "monitoring-01/etc/systemd/system/prometheus.service.d/vllama.conf",
+        # Every Linux host's node exporter (the Mac has none).
+        *(f"{host}/etc/default/prometheus-node-exporter"
+          for host in ("gpu-01", "gpu-02", "gateway-01", "monitoring-01")),
     }
     written = {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()}
     assert written == expected

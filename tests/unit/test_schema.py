@@ -43,7 +43,7 @@ def _role_params(host_vars: dict, options: dict) -> dict:
 
 def test_committed_role_files_equal_the_generated_ones() -> None:
     generated = schema.role_files()
-    roles = {"vllama", "vllama_gateway"}
+    roles = {"vllama", "vllama_gateway", "vllama_monitoring", "vllama_node_exporter"}
     assert set(generated) == {f"{role}/{rel}" for role in roles
                               for rel in ("meta/argument_specs.yml", "defaults/main.yml")}
     for role in roles:
@@ -104,7 +104,7 @@ def test_schema_check_fails_on_a_stale_copy(tmp_path: Path, monkeypatch, capsys)
     from vllama_provision import cli
 
     copy = tmp_path / "roles"
-    for role in ("vllama", "vllama_gateway"):
+    for role in {rel.split("/", 1)[0] for rel in schema.role_files()}:
         shutil.copytree(ROLES / role / "meta", copy / role / "meta")
         shutil.copytree(ROLES / role / "defaults", copy / role / "defaults")
     stale = copy / ROLE.name / "defaults" / "main.yml"

@@ -1,0 +1,110 @@
+"""The fleet watched for real: Prometheus scrapes every exporter, gateway and engine the
+inventory names, counts exactly the requests sent through the gateway, fires an alert within
+the inventory's window when an engine stops, and Alertmanager receives it."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from vllama_provision.gateway import gateway_key_path
+
+from .conftest import BACKEND, CLIENT_KEY, DOWN_FOR, MODEL, UNIT, Watched
+
+pytestmark = pytest.mark.lab
+
+
+def test_every_target_of_the_fleet_is_up(watched: Watched) -> None:
+    hosts = [watched.monitor, watched.gateway, *watched.engines]
+    expected = {("node", f"{h.address}:9100") for h in hosts}
+    expected |= {("vllama_gateway", f"{watched.gateway.address}:8405"),
+                 ("prometheus", f"{watched.monitor.address}:9090")}
+    found = watched.wait_for("up", lambda rows: {
+        (r["metric"]["job"], r["metric"]["instance"]) for r in rows
+        if r["value"][1] == "1"} >= expected)
+    assert {(r["metric"]["job"], r["metric"]["instance"]) for r in found} == expected
+    # Without the password, the API refuses.
+    assert httpx.get(f"{watched.prometheus}/api/v1/query", params={"query": "up"},
+                     timeout=10).status_code == 401
+
+
+def test_node_exporters_report_the_models_root_and_the_units(watched: Watched) -> None:
+    e1 = watched.engines[0]
+    roots = watched.wait_for(
+        f'vllama_models_root_info{{vllama_host="{e1.name}"}}', lambda rows: len(rows) == 1)
+    assert roots[0]["metric"]["path"] == "/tank/ai/models"
+    mount = e1.ssh("findmnt -n -o TARGET --target /tank/ai/models").stdout.strip()
+    assert roots[0]["metric"]["mountpoint"] == mount
+    free = watched.query(f'node_filesystem_avail_bytes{{vllama_host="{e1.name}", '
+                         f'mountpoint="{mount}"}}')
+    assert free and float(free[0]["value"][1]) > 0
+    units = watched.query(f'node_systemd_unit_state{{name="{UNIT}.service", state="active"}}')
+    assert {(r["metric"]["vllama_host"], r["value"][1]) for r in units} == {
+        (e.name, "1") for e in watched.engines}
+    # The first apply switched each engine: the role said so, and that the switch finished.
+    switches = watched.query("vllama_switch_unfinished")
+    assert {(r["metric"]["vllama_host"], r["metric"]["vllama_instance"], r["value"][1])
+            for r in switches} == {(e.name, "smollm2", "0") for e in watched.engines}
+    # The units the collector reports are the vllama ones only.
+    others = watched.query('count(node_systemd_unit_state{name!~"vllama-.*"})')
+    assert others == []
+
+
+def test_the_gateway_counts_exactly_the_requests_sent(watched: Watched) -> None:
+    expr = f'sum(haproxy_backend_http_requests_total{{proxy="{BACKEND}"}})'
+
+    def settled() -> float:
+        # The value of a scrape that follows the last request: two scrape intervals later.
+        time.sleep(5)
+        return float(watched.query(expr)[0]["value"][1])
+
+    before = settled()
+    key = Path(gateway_key_path(CLIENT_KEY)).read_text().strip()
+    sent = 7
+    for _ in range(sent):
+        reply = httpx.post(f"http://{watched.gateway.address}:4000/v1/chat/completions",
+                           headers={"Authorization": f"Bearer {key}"}, timeout=120,
+                           json={"model": MODEL, "max_tokens": 2,
+                                 "messages": [{"role": "user", "content": "Hi"}]})
+        assert reply.status_code == 200, reply.text
+    assert settled() - before == sent
+
+
+def test_a_stopped_engine_fires_its_alert_and_alertmanager_gets_it(watched: Watched) -> None:
+    e2 = watched.engines[1]
+    e2.ssh(f"systemctl stop {UNIT}")
+    try:
+        start = time.monotonic()
+        alerts = _wait_alerts(watched, lambda found: any(
+            a["labels"]["alertname"] == "VllamaUnitDown"
+            and a["labels"].get("vllama_host") == e2.name for a in found), timeout=120)
+        elapsed = time.monotonic() - start
+        print(f"Alertmanager got the alert {elapsed:.0f} s after the engine stopped "
+              f"(window {DOWN_FOR}, scrapes and evaluations every 2 s)")
+        # The model keeps its other instance: no alert says it is unavailable.
+        assert not [a for a in alerts if a["labels"]["alertname"] == "VllamaModelUnavailable"]
+    finally:
+        e2.ssh(f"systemctl start {UNIT}")
+
+
+def _wait_alerts(watched: Watched, check: Any, timeout: float) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + timeout
+    while True:
+        reply = httpx.get(f"{watched.alertmanager}/api/v2/alerts", timeout=10)
+        reply.raise_for_status()
+        alerts = reply.json()
+        if check(alerts):
+            return alerts
+        assert time.monotonic() < deadline, alerts
+        time.sleep(2)
+
+
+def test_a_second_apply_changes_nothing(watched: Watched, run_cli: Any) -> None:
+    result = run_cli("apply", str(watched.inventory))
+    assert result.rc == 0, result.stderr[-3000:]
+    hosts = result.report["hosts"]
+    assert {name: entry["changed"] for name, entry in hosts.items()} == dict.fromkeys(hosts, 0)
