@@ -197,10 +197,11 @@ def _print_monitoring(plan: Any, err: bool = False) -> None:
 @json_option
 @click.option("--validate", is_flag=True,
               help="Check every file with its real validator (systemd-analyze, compose, "
-                   "plistlib).")
+                   "plistlib, haproxy -c, promtool).")
 def render(inventory: Path, out: Path, limit: str | None, json_out: str | None,
            validate: bool) -> None:
-    """Render the exact files each host would run (units, env files, compose, plists).
+    """Render the exact files each host would run (units, env files, compose, plists, and the
+    fleet's gateway, Prometheus and node exporter files).
 
     Offline. The same templates and variables are used by `apply` on the hosts.
     """

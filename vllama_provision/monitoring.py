@@ -92,8 +92,11 @@ class MonitoringPlan:
 
 
 def _address(host: HostSpec, bind: str, port: int) -> str:
-    connect = host.ansible_host if bind in ("", "0.0.0.0", "::") else bind
-    return f"[{connect}]:{port}" if ":" in connect else f"{connect}:{port}"
+    return _hostport(host.ansible_host if bind in ("", "0.0.0.0", "::") else bind, port)
+
+
+def _hostport(address: str, port: int) -> str:
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
 
 
 # The node exporter's rendered file (its command line), on every Linux host of a monitored fleet.
@@ -112,9 +115,8 @@ def exporter_plan(host: HostSpec) -> dict[str, Any]:
     """What the node exporter role needs on ``host``: where it listens, which units its systemd
     collector reports, where the role's text-file metrics go."""
     bind = host.var("vllama_node_exporter_bind_address") or default_bind(host)
-    port = host.var("vllama_node_exporter_port")
-    listen = f"[{bind}]:{port}" if ":" in bind else f"{bind}:{port}"
-    return {"listen": listen, "address": exporter_address(host), "textfile_dir": TEXTFILE_DIR,
+    return {"listen": _hostport(bind, host.var("vllama_node_exporter_port")),
+            "address": exporter_address(host), "textfile_dir": TEXTFILE_DIR,
             "units": "vllama-.+[.]service", "models_root": host.var("vllama_models_root"),
             "fs_types_exclude": FS_TYPES_EXCLUDE, "files": EXPORTER_FILES}
 

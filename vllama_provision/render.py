@@ -75,34 +75,34 @@ def render_host(plan: HostPlan) -> list[RenderedFile]:
     return rendered
 
 
+def _render_files(host: str, label: str, files: list[dict[str, str]],
+                  variables: dict[str, Any]) -> list[RenderedFile]:
+    """Render a fleet service's file specs (template, dest, mode, validator) for one host."""
+    return [RenderedFile(host=host, instance=label, template=spec["template"], dest=spec["dest"],
+                         mode=spec["mode"], validator=spec["validator"],
+                         content=render_template(spec["template"], variables))
+            for spec in files]
+
+
 def render_gateway(plan: GatewayPlan) -> list[RenderedFile]:
     """Every rendered file of a gateway host (the key maps are not among them: the role writes
     them on the host from the controller's key copies, and nothing else ever holds them)."""
-    variables = gateway.template_vars(plan, MANAGED)
-    return [RenderedFile(host=plan.host, instance="(gateway)", template=spec["template"],
-                         dest=spec["dest"], mode=spec["mode"], validator=spec["validator"],
-                         content=render_template(spec["template"], variables))
-            for spec in plan.files]
+    return _render_files(plan.host, "(gateway)", plan.files,
+                         gateway.template_vars(plan, MANAGED))
 
 
 def render_monitoring(plan: MonitoringPlan) -> list[RenderedFile]:
     """Every rendered file of a monitoring host. Its web configuration holds the bcrypt hash of
     Prometheus' password (made on the controller on first use, like a generated key); the
     password itself and the llama-server credential files are written by the role only."""
-    variables = monitoring.template_vars(plan, MANAGED, monitoring.password_hash(plan))
-    return [RenderedFile(host=plan.host, instance="(monitoring)", template=spec["template"],
-                         dest=spec["dest"], mode=spec["mode"], validator=spec["validator"],
-                         content=render_template(spec["template"], variables))
-            for spec in plan.files]
+    return _render_files(plan.host, "(monitoring)", plan.files, monitoring.template_vars(
+        plan, MANAGED, monitoring.password_hash(plan)))
 
 
 def render_exporter(host: str, plan: dict[str, Any]) -> list[RenderedFile]:
     """The node exporter's file of a host of a monitored fleet."""
-    variables = {"_vllama_node_exporter": plan, "ansible_managed": MANAGED}
-    return [RenderedFile(host=host, instance="(node exporter)", template=spec["template"],
-                         dest=spec["dest"], mode=spec["mode"], validator=spec["validator"],
-                         content=render_template(spec["template"], variables))
-            for spec in plan["files"]]
+    return _render_files(host, "(node exporter)", plan["files"],
+                         {"_vllama_node_exporter": plan, "ansible_managed": MANAGED})
 
 
 def write_rendered(files: list[RenderedFile], out: Path) -> list[Path]:
