@@ -201,16 +201,21 @@ def _print_monitoring(plan: Any, err: bool = False) -> None:
 def render(inventory: Path, out: Path, limit: str | None, json_out: str | None,
            validate: bool) -> None:
     """Render the exact files each host would run (units, env files, compose, plists, and the
-    fleet's gateway, Prometheus and node exporter files).
+    fleet's gateway, Prometheus, node exporter and, on NVIDIA hosts, DCGM exporter files).
 
     Offline. The same templates and variables are used by `apply` on the hosts.
     """
     from vllama_provision import facts as fact_cache
     from vllama_provision.gateway import plan_inventory_gateways
     from vllama_provision.inventory import load_inventory
-    from vllama_provision.monitoring import plan_inventory_exporters, plan_inventory_monitoring
+    from vllama_provision.monitoring import (
+        plan_inventory_dcgm,
+        plan_inventory_exporters,
+        plan_inventory_monitoring,
+    )
     from vllama_provision.planner import plan_host
     from vllama_provision.render import (
+        render_dcgm,
         render_exporter,
         render_gateway,
         render_host,
@@ -228,7 +233,9 @@ def render(inventory: Path, out: Path, limit: str | None, json_out: str | None,
         "monitoring": {h: render_monitoring(m)
                        for h, m in plan_inventory_monitoring(inv).items()},
         "node exporter": {h: render_exporter(h, e)
-                          for h, e in plan_inventory_exporters(inv).items()}}
+                          for h, e in plan_inventory_exporters(inv).items()},
+        # Rendered and linted only: apply does not install it (no GPU here to test it).
+        "dcgm exporter": {h: render_dcgm(h, d) for h, d in plan_inventory_dcgm(inv).items()}}
     for host in inv:
         host_plan = plan_host(host, fact_cache.load(inventory, host.name))
         entry = report.host(host.name)
@@ -249,7 +256,7 @@ def render(inventory: Path, out: Path, limit: str | None, json_out: str | None,
                     click.echo(f"{host.name}: {len(files)} {service} file(s) valid",
                                err=to_stderr)
         if not host.instances and any(host.name in r for name, r in services.items()
-                                      if name != "node exporter"):
+                                      if name not in ("node exporter", "dcgm exporter")):
             continue
         if host_plan.platform is None:
             entry.status = "skipped"

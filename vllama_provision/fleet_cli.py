@@ -187,20 +187,68 @@ def rollback(inventory: Path, limit: str | None, to: str | None, batch: str | No
 @inventory_argument
 @limit_option
 @json_option
+@click.option("--metrics", "metrics", is_flag=True,
+              help="Instead of asking the hosts, read the fleet's traffic from its Prometheus "
+                   "(the vllama_monitoring group): per instance the request rate, 5xx share, "
+                   "p50/p95 latency and tokens/s; '-' where no source can tell.")
+@click.option("--window", "window", default="5m", show_default=True, metavar="DURATION",
+              help="With --metrics: the range the rates are taken over (a Prometheus "
+                   "duration).")
 @strategy_option
-def status(inventory: Path, limit: str | None, json_out: str | None, strategy: Strategy) -> None:
-    """What each host runs now: releases, engine, service, endpoint health, lock (read-only)."""
+def status(inventory: Path, limit: str | None, json_out: str | None, metrics: bool,
+           window: str, strategy: Strategy) -> None:
+    """What each host runs now: releases, engine, service, endpoint health, lock (read-only).
+
+    With --metrics, what the fleet serves: read from Prometheus, nothing runs on the hosts; a
+    host Prometheus does not scrape, or scrapes as down, fails (exit 1).
+    """
     from vllama_provision.gateway import plan_inventory_gateways
     from vllama_provision.inventory import load_inventory
     from vllama_provision.planner import plan_host
     from vllama_provision.status import gather, render
 
+    if metrics:
+        _status_metrics(inventory, limit, json_out, window)
     names, hosts = target_hosts(inventory, limit)
     endpoints = {h.name: {i.name: i.endpoint for i in plan_host(h).instances} for h in hosts}
     gateways = {name: {m.backend: m.name for m in plan.models}
                 for name, plan in plan_inventory_gateways(load_inventory(inventory)).items()
                 if name in names}
     report = gather(inventory, names, endpoints, strategy=strategy, gateways=gateways)
+    _emit(report, json_out, render)
+
+
+def _status_metrics(inventory: Path, limit: str | None, json_out: str | None,
+                    window: str) -> None:
+    from vllama_provision import facts, metrics, monitoring
+    from vllama_provision.gateway import plan_inventory_gateways
+    from vllama_provision.inventory import load_inventory
+    from vllama_provision.planner import plan_host
+
+    metrics.check_window(window)
+    _names, hosts = target_hosts(inventory, limit)
+    inv = load_inventory(inventory)
+    watchers = monitoring.plan_inventory_monitoring(inv)
+    if not watchers:
+        raise UsageError(f"status --metrics: {inventory} has no host in the group "
+                         "vllama_monitoring, so no Prometheus watches this fleet (README, "
+                         "'Monitoring')")
+    plan = next(iter(watchers.values()))
+    plans = {h.name: plan_host(h, facts.load(inventory, h.name)) for h in hosts}
+    if not Path(plan.password_file).is_file():
+        raise metrics.MetricsError(f"status --metrics: no password for Prometheus on "
+                                   f"{plan.host} at {plan.password_file}; apply the monitoring "
+                                   "host first")
+    try:
+        ask = metrics.prometheus_client(plan.endpoint, monitoring.password(plan))
+    except monitoring.MonitoringSecretError as exc:
+        raise metrics.MetricsError(str(exc)) from None
+    report = metrics.collect(ask, hosts, plans, plan_inventory_gateways(inv), window,
+                             plan.endpoint)
+    _emit(report, json_out, metrics.render)
+
+
+def _emit(report: Report, json_out: str | None, render: Any) -> None:
     if json_out:
         report.write_json(json_out)
     if json_out != "-":

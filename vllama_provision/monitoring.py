@@ -40,6 +40,8 @@ CREDENTIALS_DIR = "/etc/prometheus/vllama-credentials"
 # Where the role writes the release metrics the node exporter's textfile collector reads.
 TEXTFILE_DIR = "/var/lib/prometheus/node-exporter"
 DCGM_EXPORTER_PORT = 9400
+# NVIDIA's image, its DCGM paired with the exporter by the tag (rendered only: see below).
+DCGM_EXPORTER_IMAGE = "nvcr.io/nvidia/k8s/dcgm-exporter:3.3.5-3.4.1-ubuntu22.04"
 # The node exporter's default list of file systems it leaves out (1.5), without overlay: a
 # models root on an overlay root file system (containers, the lab's hosts) must be watched;
 # Docker's own overlay mounts stay out by the default mount-point exclusion.
@@ -121,6 +123,22 @@ def exporter_plan(host: HostSpec) -> dict[str, Any]:
             "fs_types_exclude": FS_TYPES_EXCLUDE, "files": EXPORTER_FILES}
 
 
+# NVIDIA's DCGM exporter on NVIDIA hosts of a monitored fleet: rendered and linted only (no
+# GPU runs it here, so apply does not install it; the README says how to).
+DCGM_FILES = [{"template": "systemd/vllama-dcgm-exporter.service.j2",
+               "dest": "/etc/systemd/system/vllama-dcgm-exporter.service", "mode": "0644",
+               "validator": "systemd-docker"}]
+
+
+def dcgm_plan(host: HostSpec) -> dict[str, Any]:
+    """Where the host's DCGM exporter publishes its port (the address Prometheus scrapes)."""
+    bind = default_bind(host)
+    # docker run --publish ADDRESS:HOST_PORT:CONTAINER_PORT (the exporter listens on 9400).
+    return {"publish": f"{_hostport(bind, DCGM_EXPORTER_PORT)}:9400",
+            "address": _address(host, bind, DCGM_EXPORTER_PORT),
+            "image": DCGM_EXPORTER_IMAGE, "files": DCGM_FILES}
+
+
 def monitoring_paths() -> dict[str, str]:
     return {"config": f"{CONFIG_DIR}/prometheus.yml", "rules": f"{CONFIG_DIR}/vllama-rules.yml",
             "web_config": f"{CONFIG_DIR}/vllama-web.yml",
@@ -175,8 +193,7 @@ def plan_jobs(fleet: Sequence[HostSpec], facts_for: FactsFor) -> tuple[list[Job]
             jobs["vllama_gateway"].targets.append(Target(
                 _address(host, bind, host.var("vllama_gateway_metrics_port")), host.name))
         if plan.platform == "linux-nvidia":
-            jobs["dcgm"].targets.append(Target(_address(host, default_bind(host),
-                                                        DCGM_EXPORTER_PORT), host.name))
+            jobs["dcgm"].targets.append(Target(dcgm_plan(host)["address"], host.name))
         for inst in plan.instances:
             address = _address(host, inst.bind_address, inst.port)
             if inst.server == "vllm":
@@ -243,6 +260,15 @@ def plan_inventory_exporters(inventory: Any) -> dict[str, dict[str, Any]]:
         return {}
     return {h.name: exporter_plan(h) for h in inventory
             if plan_host(h, fact_cache.load(inventory.path, h.name)).platform != "macos-arm64"}
+
+
+def plan_inventory_dcgm(inventory: Any) -> dict[str, dict[str, Any]]:
+    """The DCGM exporter of every NVIDIA host the command works on, when the inventory has a
+    monitoring group (HOST -> dcgm_plan)."""
+    if not any(h.monitoring for h in inventory.fleet.values()):
+        return {}
+    return {h.name: dcgm_plan(h) for h in inventory
+            if plan_host(h, fact_cache.load(inventory.path, h.name)).platform == "linux-nvidia"}
 
 
 def template_vars(plan: MonitoringPlan, managed: str, password_hash: str = "") -> dict[str, Any]:

@@ -105,6 +105,12 @@ def render_exporter(host: str, plan: dict[str, Any]) -> list[RenderedFile]:
                          {"_vllama_node_exporter": plan, "ansible_managed": MANAGED})
 
 
+def render_dcgm(host: str, plan: dict[str, Any]) -> list[RenderedFile]:
+    """The DCGM exporter's unit of an NVIDIA host of a monitored fleet (rendered only)."""
+    return _render_files(host, "(dcgm exporter)", plan["files"],
+                         {"_vllama_dcgm": plan, "ansible_managed": MANAGED})
+
+
 def write_rendered(files: list[RenderedFile], out: Path) -> list[Path]:
     """Write rendered files under OUT/HOST/<absolute destination>."""
     written = []

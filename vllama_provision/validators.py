@@ -719,6 +719,10 @@ VALIDATORS: dict[str, Callable[[str, str, InstancePlan | None], list[str]]] = {
     "promtool-config": lambda content, dest, _instance: verify_promtool("config", content,
                                                                         Path(dest).name),
     "systemd-dropin": _validate_dropin,
+    # A unit that runs the Docker CLI, which the host gets with Docker (the DCGM exporter's).
+    "systemd-docker": lambda content, dest, _instance: verify_systemd_unit(
+        content, unit_name=Path(dest).name, host_executables=["/usr/bin/docker"],
+        host_units=["docker.service"]),
 }
 
 

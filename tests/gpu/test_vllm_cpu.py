@@ -16,8 +16,10 @@ parallelism across GPUs: those command lines are rendered and checked in the uni
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +28,9 @@ import yaml
 from converted_models import MINILM_DIMENSIONS, minilm_folder
 from e2e.conftest import write_inventory
 
-from vllama_provision import models
+from vllama_provision import metrics, models, monitoring
+from vllama_provision.inventory import load_inventory
+from vllama_provision.planner import plan_host
 from vllama_provision.verify import read_key
 
 from .conftest import curl
@@ -164,6 +168,68 @@ def test_openai_endpoint_checks(lab: Any) -> None:
     code, reply = _curl(host, "/v1/chat/completions", key,
                         {"model": "some-other-model", **question})
     assert code == 404, reply
+
+
+@pytest.fixture
+def prometheus(lab: Any, inventory: Path, tmp_path: Path) -> Iterator[str]:
+    """A Prometheus (the controller's, from the OS package) scraping the vLLM host every second
+    as the fleet's would: the vllm job and labels monitoring.py plans from the inventory."""
+    fleet = list(load_inventory(inventory).fleet.values())
+    jobs, _checks = monitoring.plan_jobs(fleet, lambda _host: None)
+    vllm = next(job for job in jobs if job.name == "vllm")
+    assert [(t.host, t.instance, t.model) for t in vllm.targets] == [
+        (lab.hosts[0].name, "smolvllm", SERVED)]
+    config = {"global": {"scrape_interval": "1s"}, "scrape_configs": [{
+        "job_name": "vllm", "metrics_path": vllm.metrics_path, "static_configs": [
+            {"targets": [str(t.address)], "labels": {"vllama_host": str(t.host),
+                                                     "vllama_instance": str(t.instance)}}
+            for t in vllm.targets]}]}
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    proc = subprocess.Popen(
+        ["prometheus", f"--config.file={tmp_path / 'prometheus.yml'}",
+         f"--storage.tsdb.path={tmp_path / 'data'}", f"--web.listen-address=127.0.0.1:{port}"],
+        stdout=subprocess.DEVNULL, stderr=(tmp_path / "prometheus.log").open("w"))
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_vllms_metrics_are_open_and_read_by_status_metrics(
+        lab: Any, inventory: Path, prometheus: str) -> None:
+    """vLLM's /metrics answers without the key and holds what `status --metrics` reads: its
+    HTTP counters, end-to-end latency histogram and token counter, through a real Prometheus."""
+    host = lab.hosts[0]
+    code, text = _curl(host, "/metrics")
+    assert code == 200
+    for name in ('http_requests_total{handler="/v1/chat/completions"',
+                 "vllm:e2e_request_latency_seconds_bucket{", "vllm:generation_tokens_total{"):
+        assert name in text, name
+    ask = metrics.prometheus_client(prometheus, password="unused")
+    deadline = time.monotonic() + 60
+    while not ask('up{job="vllm"} == 1'):
+        assert time.monotonic() < deadline, "Prometheus never scraped vLLM"
+        time.sleep(1)
+    key = read_key(host.name, "smolvllm")
+    for _ in range(3):
+        code, _ = _curl(host, "/v1/chat/completions", key, {
+            "model": SERVED, "max_tokens": 8, "messages": [{"role": "user", "content": "Hi"}]})
+        assert code == 200
+    time.sleep(3)  # scrapes after the last request
+    hosts = load_inventory(inventory)
+    plans = {h.name: plan_host(h) for h in hosts}
+    report = metrics.collect(ask, list(hosts), plans, {}, "1m", prometheus)
+    assert report.host(host.name).status == "ok", report.host(host.name).error
+    figures = report.host(host.name).instance("smolvllm").extra["metrics"]
+    print(f"status --metrics on vLLM: {figures}")
+    assert figures["source"] == "vllm"
+    assert figures["requests_per_s"] > 0 and figures["error_ratio"] == 0.0
+    assert 0 < figures["p50_ms"] <= figures["p95_ms"]
+    assert figures["tokens_per_s"] > 0
 
 
 def test_verify_command_passes_without_restarting_the_engine(

@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
+import yaml
 from e2e.conftest import engine_wheel, run_cli, smollm2_instance, write_inventory
 
 from vllama_provision import monitoring
@@ -32,6 +33,7 @@ class Watched:
     monitor: Any
     gateway: Any
     engines: list[Any]
+    spare: Any  # booted with the others, added to the inventory by a test
 
     @property
     def prometheus(self) -> str:
@@ -65,8 +67,8 @@ class Watched:
 @pytest.fixture(scope="module")
 def watched(lab_factory_module: Any, lab_golden: Path, engine_wheel: list[Path],
             run_cli: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Watched]:
-    lab = lab_factory_module(4)
-    mon, gw, e1, e2 = lab.hosts
+    lab = lab_factory_module(5)
+    mon, gw, e1, e2, spare = lab.hosts
     common = {"vllama_platform": "linux-cpu", "vllama_lock_wait": 0,
               "vllama_verify_timeout": 300}
     inventory = write_inventory(lab, tmp_path_factory.mktemp("watched") / "watched.yml", {
@@ -80,10 +82,12 @@ def watched(lab_factory_module: Any, lab_golden: Path, engine_wheel: list[Path],
         e1.name: {**common, "vllama_instances": [smollm2_instance()]},
         e2.name: {**common, "vllama_instances": [smollm2_instance()]},
     })
-    inventory.write_text(inventory.read_text()
+    data = yaml.safe_load(inventory.read_text())
+    del data["all"]["hosts"][spare.name]  # not in the fleet yet
+    inventory.write_text(yaml.safe_dump(data, sort_keys=False)
                          + f"  children:\n    vllama_gateways:\n      hosts:\n"
                            f"        {gw.name}:\n    vllama_monitoring:\n      hosts:\n"
                            f"        {mon.name}:\n")
     result = run_cli("apply", str(inventory))
     assert result.rc == 0, result.stderr[-3000:]
-    yield Watched(lab, inventory, mon, gw, [e1, e2])
+    yield Watched(lab, inventory, mon, gw, [e1, e2], spare)

@@ -10,6 +10,8 @@ from typing import Any
 
 import httpx
 import pytest
+import yaml
+from e2e.conftest import smollm2_instance
 
 from vllama_provision.gateway import gateway_key_path
 
@@ -74,6 +76,31 @@ def test_the_gateway_counts_exactly_the_requests_sent(watched: Watched) -> None:
     assert settled() - before == sent
 
 
+def test_status_metrics_reads_the_traffic_from_prometheus(watched: Watched,
+                                                          run_cli: Any) -> None:
+    """`status --metrics` right after the requests above: the engines are llama-cpp-python,
+    so their figures are the gateway's counts (no latency histogram, no token counter)."""
+    result = run_cli("status", str(watched.inventory), "--metrics", "--window", "1m")
+    assert result.rc == 0, result.stderr[-3000:]
+    hosts = result.report["hosts"]
+    assert set(hosts) == {h.name for h in (watched.monitor, watched.gateway, *watched.engines)}
+    assert {name: entry["status"] for name, entry in hosts.items()} == dict.fromkeys(hosts, "ok")
+    figures = [hosts[e.name]["instances"][0]["metrics"] for e in watched.engines]
+    assert {f["source"] for f in figures} == {"gateway"}
+    assert all(f["requests_per_s"] is not None and f["requests_per_s"] >= 0 for f in figures)
+    # The gateway spreads the requests: together they are the model's rate at the gateway.
+    total = hosts[watched.gateway.name]["gateway_metrics"][MODEL]["requests_per_s"]
+    assert total > 0
+    assert sum(f["requests_per_s"] for f in figures) == pytest.approx(total, rel=0.02)
+    assert {f["error_ratio"] for f in figures if f["requests_per_s"]} == {0.0}
+    assert {(f["p50_ms"], f["p95_ms"], f["tokens_per_s"]) for f in figures} == {
+        (None, None, None)}
+    # The node exporters and the gateway's exporter are the hosts' targets, all up.
+    gateway_targets = {(t["job"], t["up"]) for t in hosts[watched.gateway.name]["targets"]}
+    assert gateway_targets == {("node", True), ("vllama_gateway", True)}
+    assert "gateway" in result.stdout and "rates over the last 1m" in result.stdout
+
+
 def test_a_stopped_engine_fires_its_alert_and_alertmanager_gets_it(watched: Watched) -> None:
     e2 = watched.engines[1]
     e2.ssh(f"systemctl stop {UNIT}")
@@ -108,3 +135,36 @@ def test_a_second_apply_changes_nothing(watched: Watched, run_cli: Any) -> None:
     assert result.rc == 0, result.stderr[-3000:]
     hosts = result.report["hosts"]
     assert {name: entry["changed"] for name, entry in hosts.items()} == dict.fromkeys(hosts, 0)
+
+
+def test_a_host_added_to_the_inventory_is_scraped_after_the_next_apply(
+        watched: Watched, run_cli: Any) -> None:
+    spare = watched.spare
+    data = yaml.safe_load(watched.inventory.read_text())
+    lab = yaml.safe_load(watched.lab.inventory_path.read_text())
+    data["all"]["hosts"][spare.name] = {
+        **lab["all"]["hosts"][spare.name], "vllama_platform": "linux-cpu",
+        "vllama_lock_wait": 0, "vllama_verify_timeout": 300,
+        "vllama_instances": [smollm2_instance()]}
+    watched.inventory.write_text(yaml.safe_dump(data, sort_keys=False))
+    # Before the apply, `status --metrics` says Prometheus does not watch it.
+    before = run_cli("status", str(watched.inventory), "--metrics", "--window", "1m")
+    assert before.rc == 1, before.stderr[-3000:]
+    assert before.report["hosts"][spare.name]["status"] == "failed"
+    assert "scrapes nothing" in before.report["hosts"][spare.name]["error"]
+
+    result = run_cli("apply", str(watched.inventory))
+    assert result.rc == 0, result.stderr[-3000:]
+    changed = {name: entry["changed"] for name, entry in result.report["hosts"].items()}
+    # Only what the new host changes: itself, the gateway's routes, Prometheus' targets.
+    assert {n for n, c in changed.items() if c} == {
+        spare.name, watched.gateway.name, watched.monitor.name}, changed
+    watched.wait_for(f'up{{vllama_host="{spare.name}", job="node"}} == 1',
+                     lambda rows: len(rows) == 1, timeout=30)
+    # The gateway routes to it, so its requests are counted there too.
+    watched.wait_for(f'haproxy_server_http_responses_total{{proxy="{BACKEND}", '
+                     f'server="u_{spare.name}.smollm2", code="2xx"}}',
+                     lambda rows: len(rows) == 1, timeout=30)
+    after = run_cli("status", str(watched.inventory), "--metrics", "--window", "1m")
+    assert after.rc == 0, after.stderr[-3000:]
+    assert after.report["hosts"][spare.name]["status"] == "ok"

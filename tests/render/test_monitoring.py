@@ -19,7 +19,7 @@ import yaml
 
 from vllama_provision import monitoring, validators
 from vllama_provision.inventory import load_inventory
-from vllama_provision.render import render_gateway, render_monitoring
+from vllama_provision.render import render_dcgm, render_gateway, render_monitoring
 
 ROOT = Path(__file__).resolve().parents[2]
 FLEET = """
@@ -147,6 +147,23 @@ def test_the_gateway_of_a_monitored_fleet_exposes_its_metrics(fleet: Any) -> Non
     config = next(f for f in files if f.validator == "haproxy").content
     assert "bind 192.0.2.10:8405\n" in config
     assert "use-service prometheus-exporter if { path /metrics }" in config
+
+
+def test_nvidia_hosts_get_a_dcgm_exporter_unit_where_prometheus_scrapes(
+        fleet: Any, plan: monitoring.MonitoringPlan) -> None:
+    """Rendered and linted only (no GPU here): published on the address the dcgm job scrapes,
+    the image pinned, the unit passing systemd-analyze verify."""
+    dcgm = monitoring.plan_inventory_dcgm(fleet)
+    assert list(dcgm) == ["gpu-01"]  # the NVIDIA host only: not the CPU host, not the Mac
+    files = render_dcgm("gpu-01", dcgm["gpu-01"])
+    assert [f.dest for f in files] == ["/etc/systemd/system/vllama-dcgm-exporter.service"]
+    assert validators.validate_files(files) == []
+    unit = files[0].content
+    assert unit.startswith("#\n# Managed by vllama-provision")
+    scraped = next(t.address for job in plan.jobs if job.name == "dcgm" for t in job.targets)
+    assert scraped == "192.0.2.14:9400"
+    assert f" --publish {scraped}:9400 {monitoring.DCGM_EXPORTER_IMAGE}\n" in unit
+    assert ":latest" not in unit and "--gpus all" in unit
 
 
 def test_promtool_refuses_what_is_broken() -> None:

@@ -34,17 +34,23 @@ def test_render_validate_checks_every_file(tmp_path: Path, inventory: str,
     assert "Traceback" not in result.stderr
     for host, count in hosts.items():
         assert f"{host}: {count} file(s) valid" in result.stdout + result.stderr
-        # Beside them, in a monitored fleet, every Linux host's node exporter file.
-        exporter = "/etc/default/prometheus-node-exporter"
+        # Beside them, in a monitored fleet, every Linux host's node exporter file, and on
+        # NVIDIA hosts the DCGM exporter's unit, each validated as its own service.
+        services = ("/etc/default/prometheus-node-exporter",
+                    "/etc/systemd/system/vllama-dcgm-exporter.service")
         written = [p for p in (tmp_path / host).rglob("*")
-                   if p.is_file() and not str(p).endswith(exporter)]
+                   if p.is_file() and not str(p).endswith(services)]
         assert len(written) == count, written
+    if inventory == "inventory/lab.yml":
+        for host in ("gpu-01", "gpu-02"):
+            assert f"{host}: 1 dcgm exporter file(s) valid" in result.stdout + result.stderr
+        assert not (tmp_path / "mac-studio" / services[1].lstrip("/")).exists()
 
 
 def test_every_validator_the_planner_names_is_dispatched() -> None:
     assert set(validators.VALIDATORS) == {"systemd", "compose", "plist", "env", "haproxy",
                                           "promtool-rules", "promtool-web", "promtool-config",
-                                          "systemd-dropin"}
+                                          "systemd-dropin", "systemd-docker"}
     with pytest.raises(ValueError, match=r"unknown validator 'ini'.*known: compose, env"):
         validators.validate_file("ini", "", dest="/etc/x.ini")
 

@@ -22,7 +22,12 @@ import yaml
 from vllama_provision import gpu, validators
 from vllama_provision.gateway import gateway_files, gateway_paths
 from vllama_provision.inventory import load_inventory
-from vllama_provision.monitoring import EXPORTER_FILES, monitoring_files, monitoring_paths
+from vllama_provision.monitoring import (
+    DCGM_FILES,
+    EXPORTER_FILES,
+    monitoring_files,
+    monitoring_paths,
+)
 from vllama_provision.planner import HostPlan, InstancePlan, plan_host
 from vllama_provision.render import (
     MANAGED,
@@ -166,7 +171,7 @@ def test_cases_cover_every_template_and_engine(cases: dict[str, Case],
     templates |= {f["template"] for f in gateway_files(gateway_paths())}
     # So are the monitoring host's (test_monitoring.py).
     templates |= {f["template"] for f in monitoring_files(monitoring_paths(), True)}
-    templates |= {f["template"] for f in EXPORTER_FILES}
+    templates |= {f["template"] for f in EXPORTER_FILES + DCGM_FILES}
     on_disk = {str(p.relative_to(REPO / "templates")) for p in (REPO / "templates").rglob("*.j2")}
     assert templates == on_disk
     combos = {(c.instance.server, c.instance.deploy, c.instance.backend) for c in cases.values()}

@@ -184,6 +184,9 @@ def test_render_writes_every_file_under_out_host(offline: list[str], tmp_path: P
         # Every Linux host's node exporter (the Mac has none).
         *(f"{host}/etc/default/prometheus-node-exporter"
           for host in ("gpu-01", "gpu-02", "gateway-01", "monitoring-01")),
+        # And each NVIDIA host's DCGM exporter unit (rendered only).
+        *(f"{host}/etc/systemd/system/vllama-dcgm-exporter.service"
+          for host in ("gpu-01", "gpu-02")),
     }
     written = {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()}
     assert written == expected
