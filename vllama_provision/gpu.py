@@ -17,7 +17,10 @@ Shape (schema 1)::
       "gpus": [{"index", "uuid", "name", "memory_total_bytes", "driver_version",
                 "cuda_version", "compute_capability", "mig_mode", "pci_bus_id",
                 optional "mig_devices": [{"uuid", "memory_total_bytes", "profile"}]}],
-      "apple": null | {"chip", "unified_memory_bytes", "metal"}
+      "apple": null | {"chip", "unified_memory_bytes", "metal", optional "macos_version",
+                       "macos_build", "gpu_cores", "wired_limit_mb", "metal_budget_bytes",
+                       "metal_budget_basis", "filevault", "command_line_tools",
+                       "engine_python": null | {"path", "version"}}
     }
 
 ``nvidia.nvml`` says how far NVML got, because each failure needs a different remedy:
@@ -124,10 +127,26 @@ class GpuFacts(TypedDict):
     mig_devices: NotRequired[list[MigDeviceFacts]]
 
 
+class EnginePython(TypedDict):
+    path: str
+    version: str
+
+
 class AppleFacts(TypedDict):
     chip: str
     unified_memory_bytes: int
     metal: bool
+    # Gathered since the Mac path (older caches lack them: the planner then says "not
+    # evaluated"; `facts --save` again fills them in).
+    macos_version: NotRequired[str]
+    macos_build: NotRequired[str]
+    gpu_cores: NotRequired[int | None]
+    wired_limit_mb: NotRequired[int]  # iogpu.wired_limit_mb; 0: macOS's default
+    metal_budget_bytes: NotRequired[int]  # what Metal may wire: the fit check's "VRAM"
+    metal_budget_basis: NotRequired[Literal["wired_limit", "default_share"]]
+    filevault: NotRequired[bool | None]
+    command_line_tools: NotRequired[bool]
+    engine_python: NotRequired[EnginePython | None]
 
 
 class HostFacts(TypedDict):
@@ -151,6 +170,9 @@ _GPU_KEYS = ("index", "uuid", "name", "memory_total_bytes", "driver_version", "c
 _GPU_OPTIONAL_KEYS = ("mig_devices",)
 _MIG_KEYS = ("uuid", "memory_total_bytes", "profile")
 _APPLE_KEYS = ("chip", "unified_memory_bytes", "metal")
+_APPLE_OPTIONAL_KEYS = ("macos_version", "macos_build", "gpu_cores", "wired_limit_mb",
+                        "metal_budget_bytes", "metal_budget_basis", "filevault",
+                        "command_line_tools", "engine_python")
 
 
 # --- small checkers: each appends "<path>: <problem>" and returns whether the value was usable ---
@@ -342,10 +364,28 @@ def _validate_apple(value: object, problems: list[str]) -> dict | None:
     apple = _dict(value, "apple", problems)
     if apple is None:
         return None
-    _keys(apple, "apple", _APPLE_KEYS, problems)
+    _keys(apple, "apple", _APPLE_KEYS, problems, _APPLE_OPTIONAL_KEYS)
     _str(apple, "chip", "apple", problems)
     _int(apple, "unified_memory_bytes", "apple", problems, minimum=1)
     _bool(apple, "metal", "apple", problems, nullable=False)
+    _str(apple, "macos_version", "apple", problems, pattern=re.compile(r"^\d+(\.\d+){0,2}$"),
+         hint="a macOS version such as 14.5")
+    _str(apple, "macos_build", "apple", problems)
+    if apple.get("gpu_cores") is not None:
+        _int(apple, "gpu_cores", "apple", problems, minimum=1)
+    _int(apple, "wired_limit_mb", "apple", problems, minimum=0)
+    _int(apple, "metal_budget_bytes", "apple", problems, minimum=1)
+    _str(apple, "metal_budget_basis", "apple", problems,
+         choices=("wired_limit", "default_share"))
+    _bool(apple, "filevault", "apple", problems, nullable=True)
+    _bool(apple, "command_line_tools", "apple", problems, nullable=False)
+    python = apple.get("engine_python")
+    if python is not None:
+        found = _dict(python, "apple.engine_python", problems)
+        if found is not None:
+            _keys(found, "apple.engine_python", ("path", "version"), problems)
+            _str(found, "path", "apple.engine_python", problems)
+            _str(found, "version", "apple.engine_python", problems)
     return apple
 
 

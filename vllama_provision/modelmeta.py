@@ -434,3 +434,47 @@ def embedding_dimension(path: str | Path) -> int:
     0 when it cannot be told from the files."""
     return int(_gguf_utils().embedding_dimension(str(path)))
 
+
+
+@dataclass(frozen=True)
+class MetalFit:
+    """Whether a GGUF model with its context fits in what Metal may wire on a Mac."""
+
+    fits: bool
+    budget_bytes: int
+    weights_bytes: int
+    kv_bytes: int
+    overhead_bytes: int
+    context: int
+    message: str
+
+
+def metal_fit(path: str | Path, ctx_size: int, budget_bytes: int) -> MetalFit:
+    """llama.cpp on Metal holds the whole GGUF (every layer offloaded) and an f16 KV cache of
+    the context: 2 (K and V) x layers x context x KV heads x head size x 2 bytes, plus compute
+    buffers (RUNTIME_OVERHEAD_BYTES). ``ctx_size`` 0 means the model's own context length.
+    Raises ModelMetaError when the header does not tell the model's shape."""
+    gguf = _gguf_utils()
+    try:
+        header = gguf.read_gguf_header(str(path))
+    except (gguf.GGUFError, OSError) as exc:
+        raise ModelMetaError(f"{path}: {exc}") from None
+    layers, heads = header.get("block_count"), header.get("head_count")
+    kv_heads = header.get("head_count_kv") or heads
+    width = header.get("embedding_length")
+    if not (layers and heads and kv_heads and width):
+        raise ModelMetaError(f"{path}: the GGUF header does not give the layer count and "
+                             "attention shape")
+    key = header.get("key_length") or width // heads
+    value = header.get("value_length") or key
+    context = ctx_size or int(header.get("context_length") or 0)
+    if not context:
+        raise ModelMetaError(f"{path}: no ctx_size and no context length in the header")
+    weights = Path(path).stat().st_size
+    kv = layers * context * kv_heads * (key + value) * 2
+    need = weights + kv + RUNTIME_OVERHEAD_BYTES
+    verdict = "fits in" if need <= budget_bytes else "does NOT fit in"
+    return MetalFit(need <= budget_bytes, budget_bytes, weights, kv, RUNTIME_OVERHEAD_BYTES,
+                    context, f"weights {_gib(weights)} + KV cache for {context} tokens "
+                             f"{_gib(kv)} + compute {_gib(RUNTIME_OVERHEAD_BYTES)} = "
+                             f"{_gib(need)} {verdict} the {_gib(budget_bytes)} Metal may wire")

@@ -241,7 +241,7 @@ def plan_host(host: HostSpec, facts: gpu.HostFacts | None = None,
         host=host.name, platform=platform, platform_source=source, facts=facts is not None,
         service_user=host.var("vllama_service_user"),
         install_root=host.var("vllama_install_root"), state_root=host.var("vllama_state_root"),
-        models_root=host.var("vllama_models_root"), zfs_dataset=host.var("vllama_zfs_dataset"),
+        models_root=_models_root(host, platform), zfs_dataset=host.var("vllama_zfs_dataset"),
         zfs_properties=zfs.normalize_properties(host.var("vllama_zfs_properties"))
         if host.var("vllama_zfs_dataset") else {},
         zfs_import_dirs=list(host.var("vllama_zfs_import_dirs") or [])
@@ -255,6 +255,8 @@ def plan_host(host: HostSpec, facts: gpu.HostFacts | None = None,
                                      groups=host.groups):
             plan.checks.append(Check("refuse", problem.variable or "inventory",
                                      problem.render(), problem.instance))
+    if platform == "macos-arm64" and facts is not None and facts.get("apple"):
+        plan.checks += _macos_checks(facts["apple"])
     if facts is None and platform is not None:
         plan.checks.append(Check("not-evaluated", "facts",
                                  "not evaluated: no facts (GPU count, VRAM fit, driver/CUDA); run "
@@ -268,6 +270,74 @@ def plan_host(host: HostSpec, facts: gpu.HostFacts | None = None,
     for inst in host.instances:
         plan.instances.append(_plan_instance(host, plan, platform, inst, facts, override))
     return plan
+
+
+MIN_MACOS = (13, 0)  # xllamacpp's macOS wheels: macosx_13_0_arm64
+MIN_ENGINE_PYTHON = "3.10"
+
+
+def _macos_checks(apple: gpu.AppleFacts) -> list[Check]:
+    """What a Mac's facts allow: a supported macOS, a Python for the engine's venv, and whether
+    it comes back by itself after a power loss."""
+    if "macos_version" not in apple:
+        return [Check("not-evaluated", "macos", "not evaluated: these facts predate the macOS "
+                      "details (version, Python, FileVault); run `vllama-provision facts "
+                      "INVENTORY --save` again")]
+    checks = []
+    version = _version_tuple(apple["macos_version"])
+    if version < MIN_MACOS:
+        checks.append(Check("refuse", "macos", f"macOS {apple['macos_version']} is too old: "
+                            f"the engine needs macOS {'.'.join(map(str, MIN_MACOS))} or later"))
+    python = apple.get("engine_python")
+    if python is None:
+        stub = ("" if apple.get("command_line_tools") else
+                "/usr/bin/python3 is only an installer stub until the Command Line Tools are "
+                "installed (`xcode-select --install`), and ")
+        checks.append(Check("refuse", "python", f"no Python {MIN_ENGINE_PYTHON}+ for the "
+                            f"engine's venv: {stub}the Command Line Tools' Python is 3.9; "
+                            "install python.org's Python 3.12 or Homebrew's python@3.12"))
+    if apple.get("filevault"):
+        checks.append(Check("warn", "filevault", "FileVault is on: after a power loss the Mac "
+                            "waits at the unlock screen and no engine starts until someone "
+                            "unlocks it (planned restarts: `fdesetup authrestart`)"))
+    budget = apple.get("metal_budget_bytes")
+    if budget:
+        basis = ("iogpu.wired_limit_mb" if apple.get("metal_budget_basis") == "wired_limit"
+                 else "an estimate of macOS's default share")
+        cores = f", {apple['gpu_cores']} GPU cores" if apple.get("gpu_cores") else ""
+        checks.append(Check("ok", "metal", f"{apple['chip']}{cores}"
+                            f": Metal may wire {budget / 1024 ** 3:.1f} GiB of "
+                            f"{apple['unified_memory_bytes'] / 1024 ** 3:.0f} GiB ({basis})"))
+    return checks
+
+
+def _metal_checks(name: str, ref: ModelRef, model_file: str, ctx_size: int,
+                  facts: gpu.HostFacts) -> list[Check]:
+    budget = (facts.get("apple") or {}).get("metal_budget_bytes")
+    if not budget:
+        return []
+    local = Path(ref.path) / model_file if ref.kind == "path" and model_file else (
+        Path(ref.path) if ref.kind == "path" else None)
+    if local is None or not local.is_file():
+        return [Check("not-evaluated", "metal", "Metal fit not evaluated: the controller does "
+                      "not hold the model file to read its shape", name)]
+    try:
+        fit = modelmeta.metal_fit(local, ctx_size, budget)
+    except modelmeta.ModelMetaError as exc:
+        return [Check("not-evaluated", "metal", f"Metal fit NOT EVALUATED: {exc}", name)]
+    return [Check("ok" if fit.fits else "refuse", "metal", fit.message, name)]
+
+
+# The models root of a Mac whose inventory names none: the Linux default (/tank/...) cannot be
+# made on macOS's read-only system volume; /Users/Shared is every account's and not FileVault's
+# per-user home.
+MACOS_MODELS_ROOT = "/Users/Shared/vllama/models"
+
+
+def _models_root(host: HostSpec, platform: str | None) -> str:
+    if platform == "macos-arm64" and "vllama_models_root" not in host.vars:
+        return MACOS_MODELS_ROOT
+    return str(host.var("vllama_models_root"))
 
 
 def _plan_instance(host: HostSpec, plan: HostPlan, platform: str, inst: dict[str, Any],
@@ -355,6 +425,9 @@ def _plan_instance(host: HostSpec, plan: HostPlan, platform: str, inst: dict[str
     elif facts is not None and engine == "vllm" and backend == "cuda":
         checks += _vram_checks(name, ref, options, gpus, facts)
         checks += _cuda_checks(name, deploy, version, facts)
+    if facts is not None and backend == "metal" and inst["task"] == "chat":
+        checks += _metal_checks(name, ref, inst["model_file"], int(options.get("ctx_size") or 0),
+                                facts)
     if image and "@sha256:" not in image:
         checks.append(Check("warn", "image", f"{image} is pinned by tag only; set image: "
                             "REPO@sha256:DIGEST to pin it by digest", name))

@@ -339,6 +339,46 @@ def _check_monitoring_vars(present: Mapping[str, Any], monitoring: bool,
     return problems
 
 
+# A Mac's models root: a shared or system folder. A home folder (other than /Users/Shared) is
+# private to its user, may be FileVault-locked until that user logs in, and moves with them.
+_MAC_HOME = re.compile(r"^/Users/(?!Shared(/|$))[^/]+(/|$)")
+# Where a folder can be made at all: macOS's system volume is read-only (a new top-level folder
+# such as the Linux default /tank needs synthetic.conf and a reboot).
+MAC_WRITABLE = ("/opt/", "/usr/local/", "/Library/", "/Users/", "/Volumes/", "/private/",
+                "/var/")
+
+
+def _check_macos_host(present: Mapping[str, Any], platform: str | None, flagged: set[str | None],
+                      where: dict[str, str]) -> list[Problem]:
+    """What a macOS host cannot have: a ZFS dataset (macOS has no ZFS: APFS is its file
+    system) and a models root in a user's home folder."""
+    if platform != "macos-arm64":
+        return []
+    problems = []
+    if present.get("vllama_zfs_dataset") and "vllama_zfs_dataset" not in flagged:
+        problems.append(Problem("is set on a macOS host (macOS has no ZFS; models are stored "
+                                "in plain folders on APFS)", variable="vllama_zfs_dataset",
+                                value=present["vllama_zfs_dataset"], has_value=True,
+                                allowed="unset on macos-arm64 hosts", **where))
+    for variable in ("vllama_models_root", "vllama_install_root", "vllama_state_root"):
+        root = present.get(variable)
+        if not isinstance(root, str) or variable in flagged:
+            continue
+        if _MAC_HOME.match(root):
+            problems.append(Problem("is inside a user's home folder on a macOS host (private "
+                                    "to that user, locked by FileVault until they log in)",
+                                    variable=variable, value=root, has_value=True,
+                                    allowed="a folder outside /Users, or under /Users/Shared",
+                                    **where))
+        elif not (root + "/").startswith(MAC_WRITABLE):
+            problems.append(Problem("cannot be created on a macOS host (its system volume is "
+                                    "read-only)", variable=variable, value=root, has_value=True,
+                                    allowed="a folder under " + ", ".join(
+                                        "/Users/Shared" if w == "/Users/" else w.rstrip("/")
+                                        for w in MAC_WRITABLE), **where))
+    return problems
+
+
 def validate_host(host: str, host_vars: Mapping[str, Any], *, file: str = "",
                   groups: Sequence[str] = ()) -> list[Problem]:
     """All static problems of one host's vllama_* variables (``groups``: the inventory groups
@@ -366,6 +406,7 @@ def validate_host(host: str, host_vars: Mapping[str, Any], *, file: str = "",
         if meant:
             problems.append(Problem("unknown variable (the role ignores it)", variable=str(key),
                                     suggestion=meant, **where))
+    problems += _check_macos_host(present, _platform_of(host_vars), flagged, where)
     instances = host_vars.get("vllama_instances")
     if instances is None and not gateway:
         problems.append(Problem("is required", variable="vllama_instances",

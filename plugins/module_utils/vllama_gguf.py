@@ -78,6 +78,12 @@ def read_gguf_header(path):
             "context_length": meta.get(f"{arch}.context_length"),
             "embedding_length": meta.get(f"{arch}.embedding_length"),
             "pooling_type": meta.get(f"{arch}.pooling_type"),
+            # What the KV cache's size follows (llama.cpp: K and V per layer, per token).
+            "block_count": meta.get(f"{arch}.block_count"),
+            "head_count": meta.get(f"{arch}.attention.head_count"),
+            "head_count_kv": meta.get(f"{arch}.attention.head_count_kv"),
+            "key_length": meta.get(f"{arch}.attention.key_length"),
+            "value_length": meta.get(f"{arch}.attention.value_length"),
             "name": meta.get("general.name"),
             "chat_template": bool(meta.get("tokenizer.chat_template"))}
 

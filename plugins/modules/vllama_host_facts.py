@@ -51,6 +51,7 @@ import platform
 import subprocess
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.vllama.provision.plugins.module_utils import vllama_macos as macos
 from ansible_collections.vllama.provision.plugins.module_utils import vllama_nvidia_host as host
 
 
@@ -125,11 +126,49 @@ def platform_facts(sysfs_root, nvidia_hardware=True):
 
 
 def apple_facts(plat):
+    """A Mac's facts (Apple Silicon only; None elsewhere, and on Intel Macs, which the planner
+    refuses): chip, GPU cores, macOS version, the memory Metal may wire (the fit check's VRAM),
+    FileVault, and the Python the engine's venv can be made with."""
     if plat["system"] != "Darwin" or plat["machine"] != "arm64":
         return None
     out = _run(["sysctl", "-n", "machdep.cpu.brand_string"])
     chip = out.stdout.strip() if out and out.returncode == 0 else "Apple Silicon"
-    return {"chip": chip, "unified_memory_bytes": plat["memory_bytes"], "metal": True}
+    sw_vers = macos.parse_sw_vers(_stdout(["sw_vers"]))
+    wired = macos.parse_sysctl_int(_stdout(["sysctl", "-n", "iogpu.wired_limit_mb"])) or 0
+    budget, basis = macos.metal_budget(plat["memory_bytes"], wired)
+    return {"chip": chip, "unified_memory_bytes": plat["memory_bytes"], "metal": True,
+            "macos_version": sw_vers["version"], "macos_build": sw_vers["build"],
+            "gpu_cores": macos.parse_gpu_cores(
+                _stdout(["system_profiler", "SPDisplaysDataType", "-json"])),
+            "wired_limit_mb": wired, "metal_budget_bytes": budget, "metal_budget_basis": basis,
+            "filevault": macos.parse_filevault(_stdout(["fdesetup", "status"])),
+            "command_line_tools": _returncode(["xcode-select", "-p"]) == 0,
+            "engine_python": _engine_python()}
+
+
+def _stdout(cmd):
+    out = _run(cmd)
+    return out.stdout if out and out.returncode == 0 else ""
+
+
+def _returncode(cmd):
+    out = _run(cmd)
+    return out.returncode if out else None
+
+
+def _engine_python():
+    """The first Python 3.10+ of the usual places (None: none; /usr/bin/python3 is only the
+    Command Line Tools' 3.9, or their installer's stub without them)."""
+    for path in macos.PYTHON_CANDIDATES:
+        if not os.access(path, os.X_OK):
+            continue
+        if path == "/usr/bin/python3" and _returncode(["xcode-select", "-p"]) != 0:
+            continue  # the stub: running it opens the Command Line Tools' installer dialog
+        out = _run([path, "--version"])
+        text = (out.stdout + out.stderr) if out else ""
+        if macos.python_usable(text):
+            return {"path": path, "version": text.split()[-1]}
+    return None
 
 
 def main():

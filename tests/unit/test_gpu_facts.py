@@ -64,8 +64,10 @@ def test_rtx4090_fixture_is_the_contract_example_size():
 def test_m3_max_fixture_is_apple_silicon_with_unified_memory():
     facts = load_host_facts(FIXTURES / "m3-max.json")
     assert is_apple_silicon(facts)
-    assert facts["apple"] == {"chip": "Apple M3 Max", "unified_memory_bytes": 48 * GIB,
-                              "metal": True}
+    apple = facts["apple"]
+    assert apple is not None
+    assert {k: apple[k] for k in ("chip", "unified_memory_bytes", "metal")} == {
+        "chip": "Apple M3 Max", "unified_memory_bytes": 48 * GIB, "metal": True}
     assert nvidia_gpus(facts) == []
 
 
