@@ -240,7 +240,8 @@ def _status_metrics(inventory: Path, limit: str | None, json_out: str | None,
                                    f"{plan.host} at {plan.password_file}; apply the monitoring "
                                    "host first")
     try:
-        ask = metrics.prometheus_client(plan.endpoint, monitoring.password(plan))
+        ask = metrics.prometheus_client(plan.endpoint, monitoring.password(plan),
+                                        verify=monitoring.trust(plan))
     except monitoring.MonitoringSecretError as exc:
         raise metrics.MetricsError(str(exc)) from None
     report = metrics.collect(ask, hosts, plans, plan_inventory_gateways(inv), window,

@@ -92,15 +92,17 @@ def check_window(window: str) -> str:
     return window
 
 
-def prometheus_client(endpoint: str, password: str, timeout: float = 15) -> Ask:
-    """Instant queries against Prometheus' HTTP API, with the monitoring host's basic auth.
-    Errors name the endpoint, never the password."""
+def prometheus_client(endpoint: str, password: str, timeout: float = 15,
+                      verify: Any = True) -> Ask:
+    """Instant queries against Prometheus' HTTP API, with the monitoring host's basic auth
+    (``verify``: what its certificate is checked against, monitoring.trust). Errors name the
+    endpoint, never the password."""
 
     def ask(expr: str) -> list[dict[str, Any]]:
         url = f"{endpoint}/api/v1/query"
         try:
             reply = httpx.post(url, data={"query": expr}, auth=(monitoring.USER, password),
-                               timeout=timeout)
+                               timeout=timeout, verify=verify)
         except httpx.HTTPError as exc:
             raise MetricsError(f"Prometheus at {endpoint} does not answer ({exc}); is the "
                                "monitoring host applied and reachable from here?") from None

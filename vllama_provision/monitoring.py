@@ -88,9 +88,16 @@ class MonitoringPlan:
     files: list[dict[str, str]]
     password_file: str
     checks: list[Check] = field(default_factory=list)
+    # Controller-side certificate and key of the web UI and API ("" each: plain http).
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+
+    @property
+    def tls(self) -> bool:
+        return bool(self.tls_cert_file)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "tls": self.tls}
 
 
 def _address(host: HostSpec, bind: str, port: int) -> str:
@@ -147,6 +154,7 @@ def monitoring_paths() -> dict[str, str]:
             "alertmanager_defaults": "/etc/default/prometheus-alertmanager",
             "dropin": "/etc/systemd/system/prometheus.service.d/vllama.conf",
             "credentials_dir": CREDENTIALS_DIR, "password": f"{CREDENTIALS_DIR}/prometheus",
+            "tls_cert": f"{CREDENTIALS_DIR}/tls.crt", "tls_key": f"{CREDENTIALS_DIR}/tls.key",
             "data_dir": "/var/lib/prometheus/metrics2", "textfile_dir": TEXTFILE_DIR}
 
 
@@ -218,7 +226,8 @@ def plan_monitoring(host: HostSpec, jobs: list[Job], checks: Sequence[Check] = (
     bind = host.var("vllama_monitoring_bind_address") or default_bind(host)
     port = int(host.var("vllama_monitoring_port"))
     alertmanager = bool(host.var("vllama_monitoring_alertmanager"))
-    endpoint = f"http://{_address(host, bind, port)}"
+    cert = str(host.var("vllama_monitoring_tls_cert_file") or "")
+    endpoint = f"{'https' if cert else 'http'}://{_address(host, bind, port)}"
     p = monitoring_paths()
     names = ("retention_time", "retention_size", "scrape_interval", "evaluation_interval")
     thresholds = ("down_for", "error_ratio", "error_for", "disk_free_ratio",
@@ -233,7 +242,8 @@ def plan_monitoring(host: HostSpec, jobs: list[Job], checks: Sequence[Check] = (
         jobs=jobs, paths=p, files=monitoring_files(p, alertmanager),
         password_file=str(host.var("vllama_monitoring_password_file") or
                           password_path(host.name)),
-        checks=list(checks))
+        checks=list(checks), tls_cert_file=cert,
+        tls_key_file=str(host.var("vllama_monitoring_tls_key_file") or ""))
 
 
 def plan_fleet_monitoring(fleet: Sequence[HostSpec], facts_for: FactsFor
@@ -324,10 +334,32 @@ def _read_secret(path: str, what: str) -> str:
     return text
 
 
+def _read_pem(path: str) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8").strip() + "\n"
+    except OSError as exc:
+        raise MonitoringSecretError(f"{path} cannot be read ({exc.strerror})") from None
+
+
+def trust(plan: MonitoringPlan) -> Any:
+    """What a client checks Prometheus' certificate against: the system's CAs and the
+    inventory's certificate (it may be self-signed); True (the system's) without TLS."""
+    if not plan.tls:
+        return True
+    import ssl
+
+    context = ssl.create_default_context()
+    context.load_verify_locations(plan.tls_cert_file)
+    return context
+
+
 def secret_files(plan: dict[str, Any]) -> dict[str, str]:
     """The monitoring host's secret files by path: Prometheus' password (for its own scrape)
     and the key of each llama-server it scrapes, from the controller's copies."""
     files = {plan["paths"]["password"]: password(plan)}
+    if plan.get("tls_cert_file"):
+        files[plan["paths"]["tls_cert"]] = _read_pem(plan["tls_cert_file"])
+        files[plan["paths"]["tls_key"]] = _read_pem(plan["tls_key_file"])
     for job in plan["jobs"]:
         for target in job["targets"]:
             if target.get("credentials"):

@@ -324,6 +324,14 @@ MONITORING_OPTIONS: tuple[Option, ...] = (
            "password of Prometheus' basic-auth user `vllama` (its API and UI). Empty: generated "
            "on first apply and kept (0600) on the controller.",
            default="", pattern=r"^$|" + ABS_PATH_PATTERN[1:], pattern_help="an absolute path"),
+    Option("vllama_monitoring_tls_cert_file", "str", "Controller-side PEM certificate for "
+           "Prometheus' web UI and API, with vllama_monitoring_tls_key_file: they then answer "
+           "https only. Self-signed, or holding its chain up to the root (Prometheus' own "
+           "scrape trusts this file).",
+           default="", pattern=r"^$|" + ABS_PATH_PATTERN[1:], pattern_help="an absolute path"),
+    Option("vllama_monitoring_tls_key_file", "str", "Controller-side private key (PEM, 0600) "
+           "of vllama_monitoring_tls_cert_file.",
+           default="", pattern=r"^$|" + ABS_PATH_PATTERN[1:], pattern_help="an absolute path"),
     Option("vllama_monitoring_alertmanager", "bool", "Run Alertmanager (OS package) on this "
            "host and send the alerts to it.", default=True),
     Option("vllama_monitoring_alertmanager_port", "int", "TCP port of the local Alertmanager.",

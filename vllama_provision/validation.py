@@ -278,21 +278,7 @@ def _check_gateway_vars(present: Mapping[str, Any], gateway: bool, flagged: set[
                                     allowed=f"add the host to {schema.GATEWAY_GROUP}, or remove "
                                     "the variable", **where))
         return problems
-    cert = present.get("vllama_gateway_tls_cert_file") or ""
-    key = present.get("vllama_gateway_tls_key_file") or ""
-    if bool(cert) != bool(key) and not {"vllama_gateway_tls_cert_file",
-                                        "vllama_gateway_tls_key_file"} & flagged:
-        problems.append(Problem("needs its pair: a certificate and its private key, or neither",
-                                variable="vllama_gateway_tls_key_file" if cert
-                                else "vllama_gateway_tls_cert_file",
-                                allowed="both vllama_gateway_tls_cert_file and "
-                                "vllama_gateway_tls_key_file, or neither", **where))
-    elif key and "vllama_gateway_tls_key_file" not in flagged:
-        problems += _check_secret_file(key, "vllama_gateway_tls_key_file", where)
-        if cert and not os.path.isfile(cert):
-            problems.append(Problem("cannot be read on the controller", value=cert,
-                                    has_value=True, variable="vllama_gateway_tls_cert_file",
-                                    **where))
+    problems += _check_tls_pair(present, "vllama_gateway", flagged, where)
     keys = present.get("vllama_gateway_keys")
     if "vllama_gateway_keys" in flagged or not isinstance(keys, list):
         return problems
@@ -321,6 +307,25 @@ def _check_gateway_vars(present: Mapping[str, Any], gateway: bool, flagged: set[
     return problems
 
 
+def _check_tls_pair(present: Mapping[str, Any], prefix: str, flagged: set[str | None],
+                    where: dict[str, str]) -> list[Problem]:
+    """PREFIX_tls_cert_file and PREFIX_tls_key_file: both or neither, the key private, the
+    certificate readable on the controller."""
+    cert_var, key_var = f"{prefix}_tls_cert_file", f"{prefix}_tls_key_file"
+    cert, key = present.get(cert_var) or "", present.get(key_var) or ""
+    problems: list[Problem] = []
+    if bool(cert) != bool(key) and not {cert_var, key_var} & flagged:
+        problems.append(Problem("needs its pair: a certificate and its private key, or neither",
+                                variable=key_var if cert else cert_var,
+                                allowed=f"both {cert_var} and {key_var}, or neither", **where))
+    elif key and key_var not in flagged:
+        problems += _check_secret_file(key, key_var, where)
+        if cert and not os.path.isfile(cert):
+            problems.append(Problem("cannot be read on the controller", value=cert,
+                                    has_value=True, variable=cert_var, **where))
+    return problems
+
+
 def _check_monitoring_vars(present: Mapping[str, Any], monitoring: bool,
                            flagged: set[str | None], where: dict[str, str]) -> list[Problem]:
     """Monitoring variables: only on hosts of the monitoring group; a private password file;
@@ -336,6 +341,7 @@ def _check_monitoring_vars(present: Mapping[str, Any], monitoring: bool,
     password = present.get("vllama_monitoring_password_file") or ""
     if password and "vllama_monitoring_password_file" not in flagged:
         problems += _check_secret_file(password, "vllama_monitoring_password_file", where)
+    problems += _check_tls_pair(present, "vllama_monitoring", flagged, where)
     return problems
 
 

@@ -675,6 +675,18 @@ def _promtool() -> str:
     return tool
 
 
+def _with_throwaway_tls(content: str, folder: Path) -> str:
+    """A web configuration whose certificate and key (which exist only on the monitoring host)
+    are replaced by a throwaway pair, so `promtool check web-config` can load them here."""
+    config = yaml.safe_load(content)
+    tls = config.get("tls_server_config") if isinstance(config, dict) else None
+    if not isinstance(tls, dict):
+        return content
+    _throwaway_certificate(folder / "tls.pem")
+    tls["cert_file"], tls["key_file"] = str(folder / "tls.crt"), str(folder / "tls.key")
+    return yaml.safe_dump(config, sort_keys=False)
+
+
 def verify_promtool(kind: str, content: str, name: str) -> list[str]:
     """``promtool check KIND`` of one file: ``rules``, ``web-config`` or ``config`` (the
     latter with ``--syntax-only``: the credential files it names exist only on the host, where
@@ -682,6 +694,8 @@ def verify_promtool(kind: str, content: str, name: str) -> list[str]:
     tool = _promtool()
     with tempfile.TemporaryDirectory(prefix="vllama-promtool-") as tmp:
         path = Path(tmp) / name
+        if kind == "web-config" and "tls_server_config:" in content:
+            content = _with_throwaway_tls(content, Path(tmp))
         path.write_text(content, encoding="utf-8")
         extra = ["--syntax-only"] if kind == "config" else []
         result = _run([tool, "check", kind, *extra, str(path)])

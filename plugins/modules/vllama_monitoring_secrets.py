@@ -102,8 +102,9 @@ def main():
     outside = sorted(p for p in files if os.path.dirname(p) != folder)
     if outside:
         module.fail_json(msg="secret files outside " + folder + ": " + ", ".join(outside))
-    bad = sorted(p for p, secret in files.items() if not secret or any(c.isspace()
-                                                                       for c in secret))
+    # A password or key is one word; a certificate or TLS key is PEM text.
+    bad = sorted(p for p, secret in files.items() if not secret or (
+        not secret.startswith("-----BEGIN ") and any(c.isspace() for c in secret)))
     if bad:
         module.fail_json(msg="these secrets are empty or hold spaces: " + ", ".join(bad))
     try:

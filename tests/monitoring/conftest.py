@@ -1,10 +1,13 @@
-"""The fleet watched, on lab hosts: a monitoring host (Prometheus and Alertmanager from the OS
-packages), a gateway and two llama.cpp engine hosts serving one model, applied once for the
-whole tier, with short scrape, evaluation and alert windows so alerts fire within seconds."""
+"""The fleet watched, on lab hosts: a monitoring host (Prometheus, over https with a self-signed
+certificate, and Alertmanager from the OS packages), a gateway and two llama.cpp engine hosts
+serving one model, applied once for the whole tier, with short scrape, evaluation and alert
+windows so alerts fire within seconds."""
 
 from __future__ import annotations
 
 import dataclasses
+import ssl
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,10 +37,11 @@ class Watched:
     gateway: Any
     engines: list[Any]
     spare: Any  # booted with the others, added to the inventory by a test
+    certificate: Path  # Prometheus answers https with it (self-signed for its address)
 
     @property
     def prometheus(self) -> str:
-        return f"http://{self.monitor.address}:9090"
+        return f"https://{self.monitor.address}:9090"
 
     @property
     def alertmanager(self) -> str:
@@ -47,10 +51,15 @@ class Watched:
         path = Path(monitoring.password_path(self.monitor.name))
         return ("vllama", path.read_text().strip())
 
+    def trust(self) -> ssl.SSLContext:
+        context = ssl.create_default_context()
+        context.load_verify_locations(self.certificate)
+        return context
+
     def query(self, expr: str) -> list[dict[str, Any]]:
         """An instant query through Prometheus' HTTP API, with its basic auth."""
         reply = httpx.get(f"{self.prometheus}/api/v1/query", params={"query": expr},
-                          auth=self.auth(), timeout=30)
+                          auth=self.auth(), timeout=30, verify=self.trust())
         reply.raise_for_status()
         return reply.json()["data"]["result"]
 
@@ -71,8 +80,18 @@ def watched(lab_factory_module: Any, lab_golden: Path, engine_wheel: list[Path],
     mon, gw, e1, e2, spare = lab.hosts
     common = {"vllama_platform": "linux-cpu", "vllama_lock_wait": 0,
               "vllama_verify_timeout": 300}
+    # Prometheus' own certificate, self-signed for the monitoring host's address.
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "prometheus.crt", folder / "prometheus.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2", "-subj",
+                    f"/CN={mon.name}", "-addext", f"subjectAltName=IP:{mon.address}",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    key.chmod(0o600)
     inventory = write_inventory(lab, tmp_path_factory.mktemp("watched") / "watched.yml", {
         mon.name: {**common, "vllama_monitoring_scrape_interval": "2s",
+                   "vllama_monitoring_tls_cert_file": str(cert),
+                   "vllama_monitoring_tls_key_file": str(key),
                    "vllama_monitoring_evaluation_interval": "2s",
                    "vllama_monitoring_down_for": DOWN_FOR},
         # Its own client key name: the gateway tier (maybe running beside this one) rotates
@@ -90,4 +109,4 @@ def watched(lab_factory_module: Any, lab_golden: Path, engine_wheel: list[Path],
                            f"        {mon.name}:\n")
     result = run_cli("apply", str(inventory))
     assert result.rc == 0, result.stderr[-3000:]
-    yield Watched(lab, inventory, mon, gw, [e1, e2], spare)
+    yield Watched(lab, inventory, mon, gw, [e1, e2], spare, cert)

@@ -29,9 +29,14 @@ def test_every_target_of_the_fleet_is_up(watched: Watched) -> None:
         (r["metric"]["job"], r["metric"]["instance"]) for r in rows
         if r["value"][1] == "1"} >= expected)
     assert {(r["metric"]["job"], r["metric"]["instance"]) for r in found} == expected
-    # Without the password, the API refuses.
+    # Without the password, the API refuses; it answers https only, with its certificate.
     assert httpx.get(f"{watched.prometheus}/api/v1/query", params={"query": "up"},
-                     timeout=10).status_code == 401
+                     timeout=10, verify=watched.trust()).status_code == 401
+    plain = f"http://{watched.monitor.address}:9090/api/v1/query"
+    # Go's TLS server answers plain http with 400 "Client sent an HTTP request to an HTTPS
+    # server.", never the API's data.
+    assert httpx.get(plain, params={"query": "up"}, auth=watched.auth(),
+                     timeout=10).status_code == 400
 
 
 def test_node_exporters_report_the_models_root_and_the_units(watched: Watched) -> None:

@@ -17,7 +17,7 @@ import bcrypt
 import pytest
 import yaml
 
-from vllama_provision import monitoring, validators
+from vllama_provision import monitoring, paths, validators
 from vllama_provision.inventory import load_inventory
 from vllama_provision.render import render_dcgm, render_gateway, render_monitoring
 
@@ -164,6 +164,48 @@ def test_nvidia_hosts_get_a_dcgm_exporter_unit_where_prometheus_scrapes(
     assert scraped == "192.0.2.14:9400"
     assert f" --publish {scraped}:9400 {monitoring.DCGM_EXPORTER_IMAGE}\n" in unit
     assert ":latest" not in unit and "--gpus all" in unit
+
+
+def test_a_tls_prometheus_answers_https_only_and_scrapes_itself_so(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VLLAMA_STATE_DIR", str(tmp_path / "state"))
+    cert, key = tmp_path / "prometheus.crt", tmp_path / "prometheus.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2", "-subj",
+                    "/CN=mon-01", "-addext", "subjectAltName=IP:192.0.2.20",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    key.chmod(0o600)
+    path = tmp_path / "fleet.yml"
+    path.write_text(FLEET.replace(
+        "          vllama_monitoring_retention_size: 20GB\n",
+        f"          vllama_monitoring_retention_size: 20GB\n"
+        f"          vllama_monitoring_tls_cert_file: {cert}\n"
+        f"          vllama_monitoring_tls_key_file: {key}\n"))
+    plan = monitoring.plan_inventory_monitoring(load_inventory(path))["mon-01"]
+    assert plan.tls and plan.endpoint == "https://192.0.2.20:9090"
+    files = render_monitoring(plan)
+    assert validators.validate_files(files) == []  # promtool loads a throwaway pair here
+    text = {Path(f.dest).name: f.content for f in files}
+    web = yaml.safe_load(text["vllama-web.yml"])
+    assert web["tls_server_config"] == {"cert_file": plan.paths["tls_cert"],
+                                        "key_file": plan.paths["tls_key"]}
+    self_scrape = yaml.safe_load(text["prometheus.yml"])["scrape_configs"][0]
+    assert (self_scrape["scheme"], self_scrape["tls_config"]) == (
+        "https", {"ca_file": plan.paths["tls_cert"]})
+    # The role writes the pair from the controller's files, beside the password and the key
+    # of the llama-server it scrapes (0640).
+    mac_key = paths.key_path("mac-01", "smolmac")
+    mac_key.parent.mkdir(parents=True)
+    mac_key.write_text("sk-mac\n")
+    secrets = monitoring.secret_files(plan.to_dict())
+    assert secrets[plan.paths["tls_cert"]] == cert.read_text().strip() + "\n"
+    assert secrets[plan.paths["tls_key"]].startswith("-----BEGIN PRIVATE KEY-----")
+    # A broken pair is caught by promtool on the controller too.
+    broken = text["vllama-web.yml"].replace("tls_server_config:", "tls_server_config:\n"
+                                            "  client_auth_type: Sometimes")
+    assert validators.verify_promtool("web-config", broken, "vllama-web.yml")
+    # Clients trust the system's CAs and this certificate.
+    assert monitoring.trust(plan) is not True
 
 
 def test_promtool_refuses_what_is_broken() -> None:
