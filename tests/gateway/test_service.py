@@ -75,6 +75,21 @@ def test_embeddings_are_served_beside_chat_on_one_host(service: Service) -> None
     with pytest.raises(openai.NotFoundError) as unknown:
         client.embeddings.create(model="no-such-embedder", input="hi")
     assert unknown.value.code == "model_not_found"
+    # A task the model does not serve is refused by the gateway itself (no engine sees it):
+    # chat to the embedder, embeddings from a chat model.
+    since = len(service.access_log().splitlines())
+    with pytest.raises(openai.BadRequestError) as chat:
+        client.chat.completions.create(model=EMBED, max_tokens=2,
+                                       messages=[{"role": "user", "content": "Hi"}])
+    assert chat.value.code == "model_not_supported"
+    assert "embeddings only" in chat.value.message
+    with pytest.raises(openai.BadRequestError) as embed:
+        client.embeddings.create(model=SINGLE, input="hi")
+    assert embed.value.code == "model_not_supported"
+    assert service.answered_by(since) == []
+    refused = [line for line in service.access_log().splitlines()[since:]
+               if "/<NOSRV> " in line and " 400 " in line]
+    assert len(refused) == 2, refused
 
 
 def test_errors_answer_in_openai_format(service: Service) -> None:
