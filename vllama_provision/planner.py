@@ -358,6 +358,14 @@ def _plan_instance(host: HostSpec, plan: HostPlan, platform: str, inst: dict[str
     if override is not None and override.engine == engine:
         version = override.version
     package = engines.package_for(server, backend, version) if deploy == "native" else ""
+    wrong = engines.version_refusal(server, version) if deploy == "native" else ""
+    if wrong:
+        # An upgrade across a mixed fleet names one version: Linux hosts run llama-cpp-python,
+        # Macs xllamacpp; a version that is not one of this server's is refused, not tried.
+        where = ("upgrade --version" if override is not None and override.engine == engine
+                 else "engine_version")
+        checks.append(Check("refuse", "engine", f"{where}: {wrong}; upgrade these hosts on "
+                            "their own (--limit) with one of its versions", name))
     default_machine = "arm64" if platform == "macos-arm64" else "x86_64"
     machine = facts["platform"]["machine"] if facts else default_machine
     engine_key = f"{engine}-{version}-{backend}-{machine}"

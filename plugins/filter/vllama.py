@@ -216,8 +216,7 @@ def vllama_identity_record(path, state_root):
 
 def _native_engine(inst):
     package = str(inst.get("engine_package") or "")
-    return inst.get("deploy") == "native" and package[:1].isalpha() and \
-        not package.startswith("brew:")
+    return inst.get("deploy") == "native" and package[:1].isalpha()
 
 
 def vllama_manifest(inst, sources):

@@ -6,9 +6,9 @@ controller, cached per recipe under ``<cache>/images/<key>/image.tar``:
 * root filesystem: the lab's bookworm golden image (Debian 12 minbase with python3 and curl,
   which the rendered healthcheck uses), without docs and apt lists;
 * ``/opt/xllamacpp``: the xllamacpp wheel (llama.cpp's own C++ HTTP server in a Python
-  extension, portable x86-64 build), and ``/usr/local/bin/llama-server`` (tests/gpu/image/), an
-  entry point taking the llama-server flags vllama-provision renders for the official
-  ``ghcr.io/ggml-org/llama.cpp:server`` image.
+  extension, portable x86-64 build), and ``/usr/local/bin/llama-server``: the launcher the role
+  installs on Macs (roles/vllama/files/llama-server), which takes the llama-server flags
+  vllama-provision renders for the official ``ghcr.io/ggml-org/llama.cpp:server`` image.
 
 The archive is in ``docker save`` format (manifest.json, config, one layer), so the role's
 ``image_archive`` path loads it with ``docker load`` like any saved image.
@@ -30,7 +30,7 @@ from vllama_provision import paths
 from vllama_provision.lab import golden
 
 XLLAMACPP = "xllamacpp==2026.10.11549"
-ENTRYPOINT = Path(__file__).resolve().parent / "image" / "llama-server"
+ENTRYPOINT = paths.data_root() / "roles" / "vllama" / "files" / "llama-server"
 REPOSITORY = "vllama-test/llama-server"
 EXCLUDES = ["./usr/share/doc", "./usr/share/man", "./usr/share/locale", "./usr/share/info",
             "./var/lib/apt/lists", "./var/cache/apt", "./root/.ssh", "./etc/ssh/ssh_host_*"]
@@ -54,7 +54,7 @@ def _libgomp_version() -> str:
 def build_image(log: Path) -> tuple[str, Path]:
     """(image reference, archive path), built once per recipe."""
     rootfs = golden.ensure(golden.DEFAULT_SUITE)
-    recipe = json.dumps({"golden": str(rootfs), "xllamacpp": XLLAMACPP, "layout": 3,
+    recipe = json.dumps({"golden": str(rootfs), "xllamacpp": XLLAMACPP, "layout": 5,
                          "libgomp": _libgomp_version(),
                          "entrypoint": _sha256(ENTRYPOINT), "excludes": EXCLUDES},
                         sort_keys=True)
@@ -88,9 +88,9 @@ def build_image(log: Path) -> tuple[str, Path]:
                     "-rf", str(layer), "opt/xllamacpp", "usr/local/bin/llama-server", *libs],
                    check=True)  # new paths only: Docker refuses duplicate entries in a layer
     config = {"architecture": "amd64", "os": "linux",
-              "config": {"Entrypoint": ["/usr/local/bin/llama-server"],
+              "config": {"Entrypoint": ["/usr/bin/python3", "/usr/local/bin/llama-server"],
                          "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:"
-                                 "/bin"]},
+                                 "/bin", "PYTHONPATH=/opt/xllamacpp"]},
               "rootfs": {"type": "layers", "diff_ids": [f"sha256:{_sha256(layer)}"]}}
     config_blob = json.dumps(config).encode()
     config_name = f"{hashlib.sha256(config_blob).hexdigest()}.json"

@@ -444,7 +444,9 @@ def test_plist(cases: dict[str, Case]) -> None:
     instance = case.instance
     data = plistlib.loads(case.file("plist").content.encode())
     assert data["Label"] == instance.paths["launchd_label"]
-    assert data["ProgramArguments"] == ["/opt/homebrew/bin/llama-server", *instance.argv]
+    # The launcher in the engine's venv (xllamacpp), run like the official binary.
+    assert data["ProgramArguments"] == [f"{instance.paths['engine_venv']}/bin/llama-server",
+                                        *instance.argv]
     assert "--api-key-file" in data["ProgramArguments"]
     assert data["UserName"] == case.plan.service_user
     assert data["RunAtLoad"] is True and data["KeepAlive"] == {"SuccessfulExit": False}

@@ -248,3 +248,31 @@ def test_the_facts_module_reads_a_mac_through_its_commands(monkeypatch: pytest.M
     assert module.apple_facts(plat)["engine_python"] is None
     # An Intel Mac has no Apple facts (the planner refuses it by its machine).
     assert module.apple_facts({**plat, "machine": "x86_64"}) is None
+
+
+# ------------------------------------------------------------------------------ engine ---
+
+
+def test_a_macs_engine_is_the_xllamacpp_wheel_in_a_venv() -> None:
+    inst = _mac(_facts()).instances[0]
+    assert (inst.server, inst.backend, inst.deploy) == ("llama-server", "metal", "native")
+    assert inst.engine_version == "2026.10.11549"
+    assert inst.engine_package == "xllamacpp==2026.10.11549"
+    assert inst.program == f"{inst.paths['engine_venv']}/bin/llama-server"
+    assert "--api-key-file" in inst.argv and "--metrics" in inst.argv
+
+
+@pytest.mark.parametrize(("platform", "version", "refused"), [
+    ("macos-arm64", "2026.9.11063", False), ("macos-arm64", "0.3.36", True),
+    ("linux-cpu", "0.3.36+site1", False), ("linux-cpu", "2026.10.11549", True)])
+def test_an_engine_version_of_another_server_is_refused(platform: str, version: str,
+                                                        refused: bool) -> None:
+    host_vars = {"ansible_host": "192.0.2.21", "vllama_platform": platform,
+                 "vllama_instances": [{"name": "smol", "model": SMOL,
+                                       "engine_version": version}]}
+    assert validate_host("h", host_vars, file="test") == []
+    plan = plan_host(HostSpec(name="h", file="test", vars=host_vars))
+    messages = [c.message for c in plan.all_checks() if c.level == "refuse"]
+    assert plan.refused is refused, messages
+    if refused:
+        assert any(f"engine_version: {version} is not a version of" in m for m in messages)

@@ -522,8 +522,7 @@ def _collect(builder: _Builder, hosts: list[_Host]) -> None:
                                   "target_from": target.source, "platform": plan.platform,
                                   "wheel_sets": [], "apt": "", "models": [], "images": []}
         for inst in plan.instances:
-            if inst.deploy == "native" and inst.engine_package and not \
-                    inst.engine_package.startswith("brew:"):
+            if inst.deploy == "native" and inst.engine_package:
                 key = pipwheels.key_for_target(inst.server, inst.engine_version, inst.backend,
                                                target)
                 name = pipwheels.set_name(key, inst.engine_package, target, inst.backend)
@@ -531,11 +530,6 @@ def _collect(builder: _Builder, hosts: list[_Host]) -> None:
                                                "target": target, "hosts": []})
                 entry["hosts"].append(host.spec.name)
                 record["wheel_sets"].append(name)
-            elif inst.engine_package.startswith("brew:"):
-                builder.manifest.not_collected.append({
-                    "what": f"Homebrew formula {inst.engine_package[5:]}",
-                    "why": "Homebrew packages are not bundled; install llama.cpp on the Mac "
-                           "from the site's own mirror", "hosts": host.spec.name})
             if inst.image:
                 entry = images.setdefault(inst.image, {"hosts": [], "archive": ""})
                 entry["hosts"].append(host.spec.name)
@@ -550,7 +544,7 @@ def _collect(builder: _Builder, hosts: list[_Host]) -> None:
             entry["token_file"] = (entry["token_file"]
                                    or host.spec.var("vllama_hf_token_file") or "")
             record["models"].append(mkey)
-        if target.family != "brew":
+        if target.family != "macos":
             entry = apt.setdefault(target.apt_name, {"target": target, "hosts": [],
                                                      "containers": False})
             entry["hosts"].append(host.spec.name)

@@ -105,7 +105,7 @@ def sources_for_host(plan: dict[str, Any], platform: dict[str, Any],
         wheel: dict[str, Any] = {"key": "", "dir": "", "wheels": [], "complete": True,
                                  "archive": "", "bundle_set": ""}
         package = inst.get("engine_package") or ""
-        if inst["deploy"] == "native" and package and not package.startswith("brew:"):
+        if inst["deploy"] == "native" and package:
             key = pipwheels.key_for_target(inst["server"], inst["engine_version"],
                                            inst["backend"], target)
             name = pipwheels.set_name(key, package, target, inst["backend"])

@@ -21,7 +21,7 @@ OSES: dict[str, tuple[str, str]] = {
     "ubuntu22.04": ("glibc2.35", "apt"),
     "ubuntu24.04": ("glibc2.39", "apt"),
     "rhel9": ("glibc2.34", "dnf"),
-    "macos": ("darwin", "brew"),
+    "macos": ("darwin", "macos"),  # no OS packages: the engine is a wheel (xllamacpp)
 }
 ARCHES = ("x86_64", "aarch64", "arm64")
 DEB_ARCH = {"x86_64": "amd64", "aarch64": "arm64", "arm64": "arm64"}
@@ -50,8 +50,9 @@ class Target:
 
     def pip_platforms(self) -> list[str]:
         """pip ``--platform`` tags of wheels that install on this target (newest first)."""
-        if self.family == "brew":
-            return ["macosx_14_0_arm64", "macosx_11_0_arm64"]
+        if self.family == "macos":
+            return ["macosx_14_0_arm64", "macosx_13_0_arm64", "macosx_12_0_arm64",
+                    "macosx_11_0_arm64"]
         major, minor = (int(x) for x in self.libc.removeprefix("glibc").split("."))
         tags = [f"manylinux_{major}_{m}_{self.arch}" for m in range(minor, 16, -1)]
         tags.append(f"manylinux2014_{self.arch}")
