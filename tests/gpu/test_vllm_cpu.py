@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import yaml
 from converted_models import MINILM_DIMENSIONS, minilm_folder
@@ -188,12 +189,25 @@ def prometheus(lab: Any, inventory: Path, tmp_path: Path) -> Iterator[str]:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
+    log = tmp_path / "prometheus.log"
     proc = subprocess.Popen(
         ["prometheus", f"--config.file={tmp_path / 'prometheus.yml'}",
          f"--storage.tsdb.path={tmp_path / 'data'}", f"--web.listen-address=127.0.0.1:{port}"],
-        stdout=subprocess.DEVNULL, stderr=(tmp_path / "prometheus.log").open("w"))
+        stdout=subprocess.DEVNULL, stderr=log.open("w"))
+    url = f"http://127.0.0.1:{port}"
     try:
-        yield f"http://127.0.0.1:{port}"
+        # Ready when its API answers (it opens its port only after loading; slower under load).
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, f"Prometheus exited: {log.read_text()[-2000:]}"
+            try:
+                if httpx.get(f"{url}/-/ready", timeout=5).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, f"Prometheus never ready: {log.read_text()[-2000:]}"
+            time.sleep(1)
+        yield url
     finally:
         proc.terminate()
         proc.wait(timeout=30)
@@ -210,7 +224,7 @@ def test_vllms_metrics_are_open_and_read_by_status_metrics(
                  "vllm:e2e_request_latency_seconds_bucket{", "vllm:generation_tokens_total{"):
         assert name in text, name
     ask = metrics.prometheus_client(prometheus, password="unused")
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 120
     while not ask('up{job="vllm"} == 1'):
         assert time.monotonic() < deadline, "Prometheus never scraped vLLM"
         time.sleep(1)
@@ -219,12 +233,17 @@ def test_vllms_metrics_are_open_and_read_by_status_metrics(
         code, _ = _curl(host, "/v1/chat/completions", key, {
             "model": SERVED, "max_tokens": 8, "messages": [{"role": "user", "content": "Hi"}]})
         assert code == 200
-    time.sleep(3)  # scrapes after the last request
     hosts = load_inventory(inventory)
     plans = {h.name: plan_host(h) for h in hosts}
-    report = metrics.collect(ask, list(hosts), plans, {}, "1m", prometheus)
+    deadline = time.monotonic() + 60
+    while True:  # until a scrape after the last request has been taken
+        report = metrics.collect(ask, list(hosts), plans, {}, "1m", prometheus)
+        figures = report.host(host.name).instance("smolvllm").extra["metrics"]
+        if figures["tokens_per_s"] and figures["p95_ms"]:
+            break
+        assert time.monotonic() < deadline, figures
+        time.sleep(1)
     assert report.host(host.name).status == "ok", report.host(host.name).error
-    figures = report.host(host.name).instance("smolvllm").extra["metrics"]
     print(f"status --metrics on vLLM: {figures}")
     assert figures["source"] == "vllm"
     assert figures["requests_per_s"] > 0 and figures["error_ratio"] == 0.0
