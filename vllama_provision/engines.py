@@ -39,9 +39,10 @@ DEFAULT_VERSIONS = {
 # What a version of each natively installed server looks like: an upgrade's --version must be
 # one of every server it targets (llama-cpp-python on Linux and xllamacpp on Macs differ).
 VERSION_SCHEMES = {
-    # (local version labels such as +site1 allowed: a site's own rebuilds)
-    "llama-cpp-python": (r"^0\.[0-9]+\.[0-9]+([.+][0-9A-Za-z.+]*)?$",
-                         "0.MINOR.PATCH, e.g. 0.3.36"),
+    # Told apart by shape only, so future releases pass: llama-cpp-python's are anything but
+    # a year-first xllamacpp version (local labels such as +site1 allowed: a site's rebuilds).
+    "llama-cpp-python": (r"^(?!20[0-9]{2}\.)[0-9]+(\.[0-9]+)*([.+-][0-9A-Za-z.+]*)?$",
+                         "MAJOR.MINOR.PATCH, e.g. 0.3.36, not a year-first xllamacpp one"),
     "llama-server": (r"^20[0-9]{2}\.[0-9]{1,2}\.[0-9]+([.+][0-9A-Za-z.+]*)?$",
                      "YEAR.MONTH.BUILD (xllamacpp), e.g. 2026.10.11549"),
 }

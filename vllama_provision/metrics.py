@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import re
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -83,7 +84,7 @@ class Figures:
 
 
 Series = dict[tuple[str, ...], float]
-Ask = Callable[[str], list[dict[str, Any]]]
+Ask = Callable[[str, float], list[dict[str, Any]]]  # (PromQL, evaluation time) -> rows
 
 
 def check_window(window: str) -> str:
@@ -98,11 +99,12 @@ def prometheus_client(endpoint: str, password: str, timeout: float = 15,
     (``verify``: what its certificate is checked against, monitoring.trust). Errors name the
     endpoint, never the password."""
 
-    def ask(expr: str) -> list[dict[str, Any]]:
+    def ask(expr: str, at: float) -> list[dict[str, Any]]:
         url = f"{endpoint}/api/v1/query"
         try:
-            reply = httpx.post(url, data={"query": expr}, auth=(monitoring.USER, password),
-                               timeout=timeout, verify=verify)
+            reply = httpx.post(url, data={"query": expr, "time": f"{at:.3f}"},
+                               auth=(monitoring.USER, password), timeout=timeout,
+                               verify=verify)
         except httpx.HTTPError as exc:
             raise MetricsError(f"Prometheus at {endpoint} does not answer ({exc}); is the "
                                "monitoring host applied and reachable from here?") from None
@@ -144,7 +146,10 @@ def collect(ask: Ask, hosts: Sequence[Any], plans: dict[str, Any], gateways: dic
             window: str, endpoint: str) -> Report:
     """The metrics report of ``hosts`` (HostSpecs, in order) with their ``plans`` (HOST ->
     HostPlan) and the fleet's gateway ``gateways`` (HOST -> GatewayPlan), from ``ask``."""
-    found = {name: ask(expr.replace("WINDOW", window)) for name, expr in QUERIES.items()}
+    # One evaluation time for every query: the figures of one report come from the same
+    # samples (a scrape landing between two queries would otherwise shift one of them).
+    at = time.time()
+    found = {name: ask(expr.replace("WINDOW", window), at) for name, expr in QUERIES.items()}
     inst_keys = ("vllama_host", "vllama_instance")
     engine = {name: _series(found[name], inst_keys)
               for name in ("vllm_requests", "vllm_errors", "p50", "p95", "tokens")}

@@ -225,7 +225,7 @@ def test_vllms_metrics_are_open_and_read_by_status_metrics(
         assert name in text, name
     ask = metrics.prometheus_client(prometheus, password="unused")
     deadline = time.monotonic() + 120
-    while not ask('up{job="vllm"} == 1'):
+    while not ask('up{job="vllm"} == 1', time.time()):
         assert time.monotonic() < deadline, "Prometheus never scraped vLLM"
         time.sleep(1)
     key = read_key(host.name, "smolvllm")

@@ -108,9 +108,11 @@ def fleet(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
 
 def _collect(fleet: Any, rows: dict[str, list[dict[str, Any]]]) -> Any:
     asked: list[str] = []
+    times: set[float] = set()
 
-    def ask(expr: str) -> list[dict[str, Any]]:
+    def ask(expr: str, at: float) -> list[dict[str, Any]]:
         asked.append(expr)
+        times.add(at)
         name = next(n for n, q in metrics.QUERIES.items() if q.replace("WINDOW", "2m") == expr)
         return rows.get(name, [])
 
@@ -118,6 +120,7 @@ def _collect(fleet: Any, rows: dict[str, list[dict[str, Any]]]) -> Any:
     report = metrics.collect(ask, hosts, {h.name: plan_host(h) for h in hosts},
                              plan_inventory_gateways(fleet), "2m", "http://192.0.2.20:9090")
     assert len(asked) == len(metrics.QUERIES), "one query each, whatever the fleet's size"
+    assert len(times) == 1, "every query at one evaluation time"
     return report
 
 
