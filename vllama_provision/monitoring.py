@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from vllama_provision import facts as fact_cache
-from vllama_provision import gpu, paths
+from vllama_provision import gpu, paths, planner
 from vllama_provision.fleet import default_bind
 from vllama_provision.inventory import HostSpec
 from vllama_provision.planner import Check, plan_host
@@ -126,7 +126,8 @@ def exporter_plan(host: HostSpec) -> dict[str, Any]:
     bind = host.var("vllama_node_exporter_bind_address") or default_bind(host)
     return {"listen": _hostport(bind, host.var("vllama_node_exporter_port")),
             "address": exporter_address(host), "textfile_dir": TEXTFILE_DIR,
-            "units": "vllama-.+[.]service", "models_root": host.var("vllama_models_root"),
+            "units": "vllama-.+[.]service",
+            "models_root": host.var("vllama_models_root") or planner.LINUX_MODELS_ROOT,
             "fs_types_exclude": FS_TYPES_EXCLUDE, "files": EXPORTER_FILES}
 
 

@@ -110,6 +110,14 @@ class HostPlan:
     zfs_import_dirs: list[str] = field(default_factory=list)
     stop_timeout: int = 90
     verify_prompt: str = "What is the capital of France?"
+    # macOS: where its commands are found (empty on a Mac: /bin/launchctl...; the tests' stand-in
+    # host names a folder mirroring those paths) and the memory Metal may wire (0: macOS's own).
+    macos_command_root: str = ""
+    macos_wired_limit_mb: int = 0
+    # pmset settings a serving Mac needs (no system or disk sleep, restart after power loss).
+    macos_power: dict[str, int] = field(default_factory=dict)
+    # Host-level files (not an instance's): a Mac's log rotation and wired-limit daemon.
+    files: list[dict[str, str]] = field(default_factory=list)
     instances: list[InstancePlan] = field(default_factory=list)
     checks: list[Check] = field(default_factory=list)
 
@@ -248,6 +256,11 @@ def plan_host(host: HostSpec, facts: gpu.HostFacts | None = None,
         if host.var("vllama_zfs_dataset") else [],
         stop_timeout=host.var("vllama_stop_timeout"),
         verify_prompt=host.var("vllama_verify_prompt"), checks=checks)
+    if platform == "macos-arm64":
+        plan.macos_command_root = str(host.var("vllama_macos_command_root") or "")
+        plan.macos_wired_limit_mb = int(host.var("vllama_macos_wired_limit_mb") or 0)
+        plan.macos_power = dict(MACOS_POWER)
+        plan.files = _macos_host_files(plan.macos_wired_limit_mb)
     if facts is not None and platform is not None and declared not in PLATFORMS:
         # The platform came from facts: the static checks that depend on it (engine choices,
         # shared GPUs, default ports) run now, and their problems are refusals.
@@ -334,10 +347,16 @@ def _metal_checks(name: str, ref: ModelRef, model_file: str, ctx_size: int,
 MACOS_MODELS_ROOT = "/Users/Shared/vllama/models"
 
 
+# Where models live when the inventory names no vllama_models_root (Linux hosts).
+LINUX_MODELS_ROOT = "/tank/ai/models"
+
+
 def _models_root(host: HostSpec, platform: str | None) -> str:
-    if platform == "macos-arm64" and "vllama_models_root" not in host.vars:
-        return MACOS_MODELS_ROOT
-    return str(host.var("vllama_models_root"))
+    """The host's models root: its vllama_models_root, else the platform's default."""
+    root = str(host.var("vllama_models_root") or "")
+    if root:
+        return root
+    return MACOS_MODELS_ROOT if platform == "macos-arm64" else LINUX_MODELS_ROOT
 
 
 def _plan_instance(host: HostSpec, plan: HostPlan, platform: str, inst: dict[str, Any],
@@ -395,7 +414,9 @@ def _plan_instance(host: HostSpec, plan: HostPlan, platform: str, inst: dict[str
         "key_file": f"{plan.state_root}/secrets/{name}.key",
         "engine_venv": f"{install_root}/engines/{engine_key}",
         "unit": f"/etc/systemd/system/vllama-{name}.service",
-        "unit_name": f"vllama-{name}.service",
+        # launchd's service target on a Mac (what launchctl print/kickstart/bootout take).
+        "unit_name": f"system/org.vllama.{name}" if service_manager == "launchd"
+        else f"vllama-{name}.service",
         "plist": f"/Library/LaunchDaemons/org.vllama.{name}.plist",
         "launchd_label": f"org.vllama.{name}",
         "log_dir": f"/Library/Logs/vllama/{name}",
@@ -484,11 +505,14 @@ def _files(service_manager: str, deploy: str, paths: dict[str, str]) -> list[dic
     """The templates an instance renders, and where each lands on the host.
 
     ``{release}`` in a destination is the release folder the file belongs to; files outside a
-    release (units, plists) are static and read the release through the ``current`` link.
+    release (units, plists) are static and read the release through the ``current`` link: a
+    unit its ``engine.env``, a plist its ``engine.json`` (command line and environment).
     """
     release = f"{paths['releases']}/{{release}}"
     if service_manager == "launchd":
-        return [{"template": "launchd/vllama-engine.plist.j2", "dest": paths["plist"],
+        return [{"template": "launchd/vllama-engine.json.j2", "dest": f"{release}/engine.json",
+                 "mode": "0644", "validator": "json"},
+                {"template": "launchd/vllama-engine.plist.j2", "dest": paths["plist"],
                  "mode": "0644", "validator": "plist"}]
     if deploy == "container":
         return [{"template": "compose/vllama-engine.compose.yml.j2",
@@ -499,6 +523,28 @@ def _files(service_manager: str, deploy: str, paths: dict[str, str]) -> list[dic
              "mode": "0644", "validator": "env"},
             {"template": "systemd/vllama-engine.service.j2", "dest": paths["unit"],
              "mode": "0644", "validator": "systemd"}]
+
+
+# What `pmset -a` sets on a serving Mac: no system sleep (the display may sleep), no disk
+# sleep, and a restart after a power loss.
+MACOS_POWER = {"sleep": 0, "disksleep": 0, "autorestart": 1}
+
+# launchd's label of the daemon that sets the wired limit at every boot (sysctl values do not
+# survive a restart).
+WIRED_LIMIT_LABEL = "org.vllama.wired-limit"
+
+
+def _macos_host_files(wired_limit_mb: int) -> list[dict[str, str]]:
+    """A Mac's host-level files: the engines' log rotation (newsyslog) and, with
+    vllama_macos_wired_limit_mb, the LaunchDaemon that sets iogpu.wired_limit_mb at boot."""
+    files = [{"template": "launchd/vllama-newsyslog.conf.j2",
+              "dest": "/etc/newsyslog.d/vllama.conf", "mode": "0644",
+              "validator": "newsyslog"}]
+    if wired_limit_mb:
+        files.append({"template": "launchd/vllama-wired-limit.plist.j2",
+                      "dest": f"/Library/LaunchDaemons/{WIRED_LIMIT_LABEL}.plist",
+                      "mode": "0644", "validator": "plist"})
+    return files
 
 
 def _selected_gpus(facts: gpu.HostFacts, gpus: list[str]) -> tuple[list[dict], list[str]]:

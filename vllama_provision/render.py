@@ -64,6 +64,12 @@ def render_template(template: str, variables: dict[str, Any]) -> str:
 def render_host(plan: HostPlan) -> list[RenderedFile]:
     """Every file of every instance of a host, with its destination on the host."""
     rendered: list[RenderedFile] = []
+    if plan.files:  # a Mac's host-level files (log rotation, wired limit)
+        host = asdict(plan)
+        host.pop("instances", None)
+        rendered += _render_files(plan.host, "(host)", plan.files, {
+            "_vllama_host": host, "_vllama_instances": [asdict(i) for i in plan.instances],
+            "ansible_managed": MANAGED})
     for instance in plan.instances:
         variables = template_vars(plan, instance)
         for spec in instance.files:

@@ -160,8 +160,9 @@ HOST_OPTIONS: tuple[Option, ...] = (
     Option("vllama_instances", "list", "Engine instances this host serves: at least one, "
            "except on a host of the group vllama_gateways, which may serve none.",
            default=[], elements="dict", options=INSTANCE_OPTIONS),
-    Option("vllama_models_root", "str", "Where models are stored on the host.",
-           default="/tank/ai/models", pattern=ABS_PATH_PATTERN,
+    Option("vllama_models_root", "str", "Where models are stored on the host. Empty: "
+           "/tank/ai/models on Linux, /Users/Shared/vllama/models on macOS.",
+           default="", pattern=r"^$|" + ABS_PATH_PATTERN[1:],
            pattern_help="an absolute path without spaces"),
     Option("vllama_zfs_dataset", "str",
            "ZFS dataset under which model datasets are created. Empty: plain directories.",
@@ -200,6 +201,14 @@ HOST_OPTIONS: tuple[Option, ...] = (
            pattern_help="an absolute path without spaces"),
     Option("vllama_service_user", "str", "System user the engines run as.", default="vllama",
            pattern=r"^[a-z_][a-z0-9_-]{0,31}$", pattern_help="a POSIX user name"),
+    Option("vllama_macos_wired_limit_mb", "int", "macOS: memory in MiB the GPU may wire "
+           "(sysctl iogpu.wired_limit_mb; the fit check's VRAM), set now and at every boot by "
+           "a LaunchDaemon. 0: macOS's own share of the unified memory.", default=0, minimum=0,
+           maximum=4194304),
+    Option("vllama_macos_command_root", "str", "macOS: a folder the Mac's commands are found "
+           "under (<root>/bin/launchctl, <root>/usr/sbin/sysctl...). Empty on a real Mac; the "
+           "tests' stand-in host names the folder of its imitations.", default="",
+           pattern=r"^$|" + ABS_PATH_PATTERN[1:], pattern_help="an absolute path"),
     Option("vllama_verify", "bool", "Verify every instance at the end of every apply "
            "(readiness, /v1/models, a real completion), changed or not.", default=True),
     Option("vllama_verify_prompt", "str", "Prompt of the verification completion.",
@@ -224,7 +233,8 @@ HOST_OPTIONS: tuple[Option, ...] = (
            "nothing references any more, are removed after each verified switch.",
            default=3, minimum=0, maximum=100),
     Option("vllama_stop_timeout", "int", "Seconds an engine may take to stop (finish in-flight "
-           "requests) before systemd kills it (TimeoutStopSec).", default=90, minimum=5,
+           "requests) before systemd kills it (TimeoutStopSec; launchd's ExitTimeOut on a Mac).",
+           default=90, minimum=5,
            maximum=3600),
     Option("vllama_hook_pre_switch", "str", "Shell command run before this host switches "
            "releases (take it out of the load balancer, drain requests). A failure stops the "

@@ -368,8 +368,8 @@ def _check_macos_host(present: Mapping[str, Any], platform: str | None, flagged:
                                 allowed="unset on macos-arm64 hosts", **where))
     for variable in ("vllama_models_root", "vllama_install_root", "vllama_state_root"):
         root = present.get(variable)
-        if not isinstance(root, str) or variable in flagged:
-            continue
+        if not isinstance(root, str) or not root or variable in flagged:
+            continue  # empty: the platform's default
         if _MAC_HOME.match(root):
             problems.append(Problem("is inside a user's home folder on a macOS host (private "
                                     "to that user, locked by FileVault until they log in)",

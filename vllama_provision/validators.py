@@ -27,6 +27,7 @@ and returns a list of problems (empty = valid). A validator whose tool is missin
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import plistlib
 import re
@@ -319,7 +320,7 @@ _PLIST_REQUIRED: dict[str, type | tuple[type, ...]] = {
 _PLIST_OPTIONAL: dict[str, type | tuple[type, ...]] = {
     "EnvironmentVariables": dict, "ThrottleInterval": int, "WorkingDirectory": str,
     "GroupName": str, "ExitTimeOut": int, "ProcessType": str, "SoftResourceLimits": dict,
-    "HardResourceLimits": dict,
+    "HardResourceLimits": dict, "Umask": int, "LaunchOnlyOnce": bool,
 }
 
 
@@ -716,6 +717,62 @@ def _validate_dropin(content: str, dest: str, _instance: InstancePlan | None) ->
     return verify_systemd_unit(text, unit_name=unit, host_executables=[program])
 
 
+def verify_release_json(text: str, expected_argv: list[str] | None = None) -> list[str]:
+    """A Mac release's engine.json: JSON with the launcher's words (strings) and environment
+    (strings); with ``expected_argv``, its words must be the instance's, word for word."""
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        return [f"not JSON: {exc}"]
+    if not isinstance(data, dict):
+        return ["the top-level value must be an object"]
+    problems: list[str] = []
+    argv, env = data.get("argv"), data.get("env")
+    if not isinstance(argv, list) or not all(isinstance(w, str) for w in argv):
+        problems.append("argv must be a list of strings")
+    elif expected_argv is not None and argv != expected_argv:
+        problems.append(f"argv reads back as {argv}, not {expected_argv}")
+    if not isinstance(env, dict) or not all(isinstance(v, str) for v in env.values()):
+        problems.append("env must map names to strings")
+    return problems
+
+
+_NEWSYSLOG_FLAGS = set("BCDGJNRUXZ-")
+
+
+def verify_newsyslog(text: str) -> list[str]:
+    """newsyslog.conf(5) lines: logfilename [owner:group] mode count size when flags."""
+    problems: list[str] = []
+    for number, line in enumerate(text.splitlines(), 1):
+        words = line.split()
+        if not words or words[0].startswith("#"):
+            continue
+        if words[0].startswith("<"):  # <include> and <default> directives
+            continue
+        if len(words) > 1 and ":" in words[1]:
+            words = [words[0], *words[2:]]
+        where = f"line {number}"
+        if len(words) < 6:
+            problems.append(f"{where}: {len(words)} fields; logfilename [owner:group] mode "
+                            "count size when flags")
+            continue
+        name, mode, count, size, when, flags = words[:6]
+        if not name.startswith("/"):
+            problems.append(f"{where}: {name} is not an absolute path")
+        if not re.fullmatch(r"[0-7]{3,4}", mode):
+            problems.append(f"{where}: mode {mode} is not octal")
+        if not count.isdigit():
+            problems.append(f"{where}: count {count} is not a number")
+        if not (size == "*" or size.isdigit()):
+            problems.append(f"{where}: size {size} is neither * nor kilobytes")
+        if not re.fullmatch(r"\*|[0-9]+|[0-9]*[@$][0-9A-Za-z;]*", when):
+            problems.append(f"{where}: when {when} is not *, hours, @ISO or $calendar")
+        if not set(flags) <= _NEWSYSLOG_FLAGS:
+            unknown = "".join(sorted(set(flags) - _NEWSYSLOG_FLAGS))
+            problems.append(f"{where}: unknown flags {unknown}")
+    return problems
+
+
 # The planner names a validator for every rendered file (``RenderedFile.validator``); this table
 # is the one place that says which function checks it (render --validate, the render tier and
 # the role's pre-switch checks all go through ``validate_file``).
@@ -723,6 +780,9 @@ VALIDATORS: dict[str, Callable[[str, str, InstancePlan | None], list[str]]] = {
     "systemd": _validate_unit,
     "compose": lambda content, _dest, _instance: verify_compose(content),
     "plist": lambda content, _dest, _instance: verify_plist(content),
+    "json": lambda content, _dest, instance: verify_release_json(
+        content, instance.argv if instance is not None else None),
+    "newsyslog": lambda content, _dest, _instance: verify_newsyslog(content),
     "env": _validate_env,
     # Alone, without the gateway's other files (validate_files passes them).
     "haproxy": lambda content, _dest, _instance: verify_haproxy_config(content),

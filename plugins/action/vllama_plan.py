@@ -87,7 +87,8 @@ class ActionModule(ActionBase):
         if boolean(args.get("deployed_only", False), strict=False):
             refusals += [f"{i['name']}: {i['deploy']} {i['server']} under {i['service_manager']} "
                          "is rendered by `vllama-provision render` but not applied by this release"
-                         for i in data["instances"] if i["service_manager"] != "systemd"]
+                         for i in data["instances"]
+                         if i["service_manager"] not in ("systemd", "launchd")]
         if refusals:
             result.update(failed=True, vllama_refused=True,
                           msg="REFUSED: " + "; ".join(refusals))

@@ -6,7 +6,10 @@ import hashlib
 import os
 
 from ansible.errors import AnsibleFilterError
-from ansible_collections.vllama.provision.plugins.module_utils.vllama_state import key_digest
+from ansible_collections.vllama.provision.plugins.module_utils.vllama_state import (
+    key_digest,
+    pmset_values,
+)
 
 
 def vllama_missing_wheels(play_hosts, hostvars, builder="host"):
@@ -187,6 +190,18 @@ def vllama_outdated_engines(version_results):
             if r.get("rc") != 0 or (r.get("stdout") or "").strip() != r["item"]["engine_version"]]
 
 
+def vllama_pmset_args(pmset_output, wanted):
+    """``pmset -a``'s arguments (NAME VALUE ...) for the settings ``pmset -g`` shows otherwise
+    than wanted ([]: nothing to set); read as the converged check reads them. A setting the
+    Mac does not list is one it does not have, and is left out."""
+    got = pmset_values(pmset_output or "")
+    args = []
+    for name, value in sorted((wanted or {}).items()):
+        if name in got and got[name] != str(value):
+            args += [name, str(value)]
+    return args
+
+
 def vllama_changed_units(rendered):
     """Unit files (under /etc/systemd/) that a template task changed."""
     return sorted({r["dest"] for r in rendered
@@ -236,7 +251,12 @@ def vllama_desired(plan, sources):
     trip: folders and service user, and per instance its release (folder, manifest, links),
     rendered files (content hash, mode, owner), engine, model identity, keys and unit."""
     rendered = {}
+    host_files = []
     for item in plan.get("rendered") or []:
+        if item["instance"] == "(host)":
+            host_files.append({"path": item["dest"], "sha256": item["sha256"],
+                               "mode": item["mode"], "owner": "root"})
+            continue
         rendered.setdefault(item["instance"], []).append(
             {"path": item["dest"], "sha256": item["sha256"], "mode": item["mode"],
              "owner": "root"})
@@ -267,9 +287,14 @@ def vllama_desired(plan, sources):
                      {"path": paths["secret_env"], "owner": "root"}],
             "controller_key": bool((plan.get("controller_keys") or {}).get(inst["name"])),
         })
-    return {"install_root": plan["install_root"], "service_user": plan["service_user"],
-            "folders": [plan["install_root"], plan["state_root"], plan["models_root"]],
-            "instances": instances}
+    desired = {"install_root": plan["install_root"], "service_user": plan["service_user"],
+               "folders": [plan["install_root"], plan["state_root"], plan["models_root"]],
+               "instances": instances, "files": host_files}
+    if plan.get("platform") == "macos-arm64":
+        desired["macos"] = {"command_root": plan.get("macos_command_root") or "",
+                            "pmset": plan.get("macos_power") or {},
+                            "wired_limit_mb": plan.get("macos_wired_limit_mb") or 0}
+    return desired
 
 
 def vllama_key_digests(plan, keys_dir):
@@ -313,6 +338,7 @@ class FilterModule:
                 "vllama_engine_space": vllama_engine_space,
                 "vllama_restarts": vllama_restarts,
                 "vllama_changed_units": vllama_changed_units,
+                "vllama_pmset_args": vllama_pmset_args,
                 "vllama_outdated_engines": vllama_outdated_engines,
                 "vllama_model_copies": vllama_model_copies,
                 "vllama_instance_path": vllama_instance_path}

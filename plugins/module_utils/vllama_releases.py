@@ -9,9 +9,16 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import plistlib
 import subprocess
 import tempfile
 import time
+
+from ansible_collections.vllama.provision.plugins.module_utils import vllama_launchd as launchd
+
+# launchctl's path: /bin/launchctl on a Mac; the modules set it from their `launchctl` option
+# (the tests' stand-in Mac keeps its imitation under another folder).
+LAUNCHCTL = {"path": "/bin/launchctl"}
 
 
 def read_json(path, default):
@@ -62,9 +69,54 @@ def pending_switch(history, name):
     return None
 
 
+def elapsed_seconds(text):
+    """``ps -o etime=`` ([[DD-]HH:]MM:SS, the same on macOS and Linux) in seconds."""
+    text = text.strip()
+    days, rest = text.rpartition("-")[::2]
+    seconds = 0
+    for part in rest.split(":"):
+        seconds = seconds * 60 + int(part)
+    return seconds + int(days or 0) * 86400
+
+
+def launchd_state(target):
+    """A launchd job's state (``system/LABEL``) in service_state's shape: active when it runs,
+    its process start time, and ``need_reload`` when the loaded job's arguments are not its
+    plist's (the plist changed since it was bootstrapped)."""
+    try:
+        out = subprocess.run([LAUNCHCTL["path"], "print", target], capture_output=True,
+                             text=True, timeout=30, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return {"active": "unknown", "need_reload": False, "started": None, "loaded": False}
+    if out.returncode != 0:
+        return {"active": "inactive", "need_reload": False, "started": None, "loaded": False}
+    job = launchd.parse_print(out.stdout)
+    started = None
+    if job.get("state") == "running" and job.get("pid"):
+        etime = subprocess.run(["ps", "-o", "etime=", "-p", str(job["pid"])],
+                               capture_output=True, text=True, check=False).stdout
+        with contextlib.suppress(ValueError):
+            started = time.time() - elapsed_seconds(etime) if etime.strip() else None
+    label = target.split("/", 1)[1]
+    plist = job.get("path") or f"/Library/LaunchDaemons/{label}.plist"
+    need_reload = False
+    try:
+        with open(plist, "rb") as handle:
+            wanted = plistlib.load(handle).get("ProgramArguments")
+        need_reload = bool(job.get("arguments")) and wanted != job.get("arguments")
+    except (OSError, ValueError, plistlib.InvalidFileException):
+        need_reload = True  # loaded, but its plist is gone or unreadable
+    return {"active": "active" if started is not None or job.get("state") == "running"
+            else "inactive", "need_reload": need_reload, "started": started, "loaded": True,
+            "pid": job.get("pid")}
+
+
 def service_state(unit):
     """ActiveState, whether systemd needs a daemon-reload for it, and its main process start
-    time as wall-clock seconds (None when it is not running)."""
+    time as wall-clock seconds (None when it is not running). ``system/LABEL``: a launchd
+    job's, in the same shape."""
+    if unit.startswith("system/"):
+        return launchd_state(unit)
     try:
         out = subprocess.run(
             ["systemctl", "show", unit, "-p", "ActiveState", "-p", "NeedDaemonReload",
@@ -111,6 +163,14 @@ def instance_names(install_root, wanted):
     return list(wanted if wanted is not None else found)
 
 
+def default_unit(name):
+    """An instance's service when the caller names none: its launchd job where its
+    LaunchDaemon exists (a Mac), else its systemd unit."""
+    if os.path.exists(f"/Library/LaunchDaemons/org.vllama.{name}.plist"):
+        return "system/org.vllama." + name
+    return f"vllama-{name}.service"
+
+
 def inspect_instances(install_root, history, wanted, units):
     """Per instance: current, previous, releases, an unfinished switch, the service state."""
     out = {}
@@ -121,7 +181,7 @@ def inspect_instances(install_root, history, wanted, units):
         releases = sorted((release_info(releases_dir, r) for r in ids),
                           key=lambda r: (r["created"], r["mtime"]))
         current_link = os.path.join(base, "current")
-        service = service_state(units.get(name) or f"vllama-{name}.service")
+        service = service_state(units.get(name) or default_unit(name))
         switched_at = None
         with contextlib.suppress(OSError):
             switched_at = os.lstat(current_link).st_mtime

@@ -18,7 +18,9 @@ import stat
 import subprocess
 
 from ansible_collections.vllama.provision.plugins.module_utils.vllama_releases import (
+    LAUNCHCTL,
     inspect_instances,
+    launchd_state,
     read_history,
     read_json,
 )
@@ -164,7 +166,47 @@ def check_release(diff, where, inst):
             diff.add("configure", f"{where}: {link} points to {got or 'nothing'}, not {target}")
 
 
+def pmset_values(text):
+    """``pmset -g``'s settings (name -> value as printed; trailing notes such as "(sleep
+    prevented by ...)" ignored)."""
+    values = {}
+    for line in text.splitlines():
+        words = line.split()
+        if len(words) >= 2 and words[0].isidentifier() and words[1].lstrip("-").isdigit():
+            values[words[0]] = words[1]
+    return values
+
+
+def check_macos(diff, macos):
+    """A Mac's host settings: pmset's power settings and the GPU's wired limit."""
+    root = macos.get("command_root") or ""
+    out = subprocess.run([root + "/usr/bin/pmset", "-g"], capture_output=True, text=True,
+                         check=False)
+    got = pmset_values(out.stdout)
+    for name, value in sorted((macos.get("pmset") or {}).items()):
+        # A setting this Mac does not list (no autorestart on some models) is not its to have.
+        if name in got and got[name] != str(value):
+            diff.add("configure", f"pmset {name} is {got.get(name, 'unset')}, not {value}")
+    wired = subprocess.run([root + "/usr/sbin/sysctl", "-n", "iogpu.wired_limit_mb"],
+                           capture_output=True, text=True, check=False).stdout.strip()
+    if wired != str(macos.get("wired_limit_mb", 0)):
+        diff.add("configure", f"iogpu.wired_limit_mb is {wired or 'unreadable'}, not "
+                              f"{macos.get('wired_limit_mb', 0)}")
+
+
+def _launchd_properties(target):
+    """A launchd job (``system/LABEL``) in systemctl show's terms: active when it runs,
+    "enabled" when loaded (launchd starts a loaded LaunchDaemon's RunAtLoad job at boot)."""
+    if not target.startswith("system/"):
+        return {}
+    job = launchd_state(target)
+    return {"ActiveState": job["active"],
+            "UnitFileState": "enabled" if job["loaded"] else "",
+            "NeedDaemonReload": "yes" if job["need_reload"] else "no"}
+
+
 def _unit_properties(units):
+    units = [u for u in units if not u.startswith("system/")]
     if not units:
         return {}
     argv = ["systemctl", "show", "-p", "Id", "-p", "ActiveState", "-p", "UnitFileState",
@@ -190,6 +232,11 @@ def compare(desired, history_path, key_digests=None):
     for folder in desired.get("folders") or []:
         if not os.path.isdir(folder):
             diff.add("install", f"the folder {folder} is missing")
+    if desired.get("macos"):
+        LAUNCHCTL["path"] = (desired["macos"].get("command_root") or "") + "/bin/launchctl"
+        check_macos(diff, desired["macos"])
+    for spec in desired.get("files") or []:
+        check_file(diff, "host", spec)
     instances = desired.get("instances") or []
     history = read_history(history_path)
     releases = inspect_instances(desired["install_root"], history,
@@ -223,14 +270,15 @@ def compare(desired, history_path, key_digests=None):
                             "verified")
         if state.get("stale"):
             diff.add("run", f"{name}: the engine started before the last switch")
-        props = units.get(inst["unit"], {})
+        props = units.get(inst["unit"]) or _launchd_properties(inst["unit"])
         if props.get("ActiveState") != "active":
             diff.add("run", f"{name}: {inst['unit']} is {props.get('ActiveState', 'unknown')}")
         if props.get("UnitFileState") != "enabled":
             diff.add("run", f"{name}: {inst['unit']} is "
                             f"{props.get('UnitFileState') or 'not installed'}, not enabled")
         if props.get("NeedDaemonReload") == "yes":
-            diff.add("run", f"{name}: systemd has not loaded the changed {inst['unit']}")
+            manager = "launchd" if inst["unit"].startswith("system/") else "systemd"
+            diff.add("run", f"{name}: {manager} has not loaded the changed {inst['unit']}")
     # A phase that repairs files restarts what reads them: configure implies run.
     phases = set(diff.phases)
     if "configure" in phases or "install" in phases:

@@ -31,6 +31,15 @@ options:
     description: Where sysfs is mounted (a fake tree in tests).
     type: str
     default: /sys
+  macos_command_root:
+    description:
+      - A folder macOS's commands are found under (C(<root>/usr/bin/uname),
+        C(<root>/usr/bin/sw_vers), C(<root>/usr/sbin/sysctl)...), and the system and machine
+        are then asked of C(<root>/usr/bin/uname) instead of the running kernel.
+      - Empty on real hosts. The tests' stand-in Mac (a Linux host imitating macOS's commands
+        under such a folder) names it; Linux's own commands stay untouched.
+    type: str
+    default: ""
 author: vllama-provision maintainers (@vllama-provision)
 """
 
@@ -87,9 +96,20 @@ def _run(cmd):
         return None
 
 
+# macOS's commands by absolute path, under the command root (empty on a real Mac).
+MAC_COMMANDS = {"uname": "/usr/bin/uname", "sw_vers": "/usr/bin/sw_vers",
+                "sysctl": "/usr/sbin/sysctl", "system_profiler": "/usr/sbin/system_profiler",
+                "fdesetup": "/usr/bin/fdesetup", "xcode-select": "/usr/bin/xcode-select"}
+COMMAND_ROOT = {"path": ""}
+
+
+def _mac(name):
+    return COMMAND_ROOT["path"] + MAC_COMMANDS[name]
+
+
 def _memory_bytes(system):
     if system == "Darwin":
-        out = _run(["sysctl", "-n", "hw.memsize"])
+        out = _run([_mac("sysctl"), "-n", "hw.memsize"])
         return int(out.stdout.strip()) if out and out.returncode == 0 else 0
     for line in _read("/proc/meminfo").splitlines():
         if line.startswith("MemTotal:"):
@@ -100,11 +120,12 @@ def _memory_bytes(system):
 def platform_facts(sysfs_root, nvidia_hardware=True):
     """The platform facts; whether kernel headers are installable is asked (``apt-cache``,
     ``dnf``: the slowest part) only on hosts with NVIDIA hardware, the driver's only reader."""
-    system = platform.system()
-    machine = platform.machine()
-    kernel = platform.release()
+    system, machine, kernel = platform.system(), platform.machine(), platform.release()
+    if COMMAND_ROOT["path"]:
+        system, machine, kernel = (_stdout([_mac("uname"), flag]).strip()
+                                   for flag in ("-s", "-m", "-r"))
     if system == "Darwin":
-        out = _run(["sw_vers", "-productVersion"])
+        out = _run([_mac("sw_vers"), "-productVersion"])
         distribution, version, family = "macOS", (out.stdout.strip() if out else ""), "Darwin"
     else:
         release = _os_release()
@@ -131,18 +152,18 @@ def apple_facts(plat):
     FileVault, and the Python the engine's venv can be made with."""
     if plat["system"] != "Darwin" or plat["machine"] != "arm64":
         return None
-    out = _run(["sysctl", "-n", "machdep.cpu.brand_string"])
+    out = _run([_mac("sysctl"), "-n", "machdep.cpu.brand_string"])
     chip = out.stdout.strip() if out and out.returncode == 0 else "Apple Silicon"
-    sw_vers = macos.parse_sw_vers(_stdout(["sw_vers"]))
-    wired = macos.parse_sysctl_int(_stdout(["sysctl", "-n", "iogpu.wired_limit_mb"])) or 0
+    sw_vers = macos.parse_sw_vers(_stdout([_mac("sw_vers")]))
+    wired = macos.parse_sysctl_int(_stdout([_mac("sysctl"), "-n", "iogpu.wired_limit_mb"])) or 0
     budget, basis = macos.metal_budget(plat["memory_bytes"], wired)
     return {"chip": chip, "unified_memory_bytes": plat["memory_bytes"], "metal": True,
             "macos_version": sw_vers["version"], "macos_build": sw_vers["build"],
             "gpu_cores": macos.parse_gpu_cores(
-                _stdout(["system_profiler", "SPDisplaysDataType", "-json"])),
+                _stdout([_mac("system_profiler"), "SPDisplaysDataType", "-json"])),
             "wired_limit_mb": wired, "metal_budget_bytes": budget, "metal_budget_basis": basis,
-            "filevault": macos.parse_filevault(_stdout(["fdesetup", "status"])),
-            "command_line_tools": _returncode(["xcode-select", "-p"]) == 0,
+            "filevault": macos.parse_filevault(_stdout([_mac("fdesetup"), "status"])),
+            "command_line_tools": _returncode([_mac("xcode-select"), "-p"]) == 0,
             "engine_python": _engine_python()}
 
 
@@ -159,10 +180,11 @@ def _returncode(cmd):
 def _engine_python():
     """The first Python 3.10+ of the usual places (None: none; /usr/bin/python3 is only the
     Command Line Tools' 3.9, or their installer's stub without them)."""
-    for path in macos.PYTHON_CANDIDATES:
+    for candidate in macos.PYTHON_CANDIDATES:
+        path = COMMAND_ROOT["path"] + candidate
         if not os.access(path, os.X_OK):
             continue
-        if path == "/usr/bin/python3" and _returncode(["xcode-select", "-p"]) != 0:
+        if candidate == "/usr/bin/python3" and _returncode([_mac("xcode-select"), "-p"]) != 0:
             continue  # the stub: running it opens the Command Line Tools' installer dialog
         out = _run([path, "--version"])
         text = (out.stdout + out.stderr) if out else ""
@@ -173,9 +195,11 @@ def _engine_python():
 
 def main():
     module = AnsibleModule(argument_spec={"pynvml_path": {"type": "str", "default": ""},
-                                          "sysfs_root": {"type": "str", "default": "/sys"}},
+                                          "sysfs_root": {"type": "str", "default": "/sys"},
+                                          "macos_command_root": {"type": "str", "default": ""}},
                            supports_check_mode=True)
-    if platform.system() == "Linux":
+    COMMAND_ROOT["path"] = module.params["macos_command_root"].rstrip("/")
+    if platform.system() == "Linux" and not COMMAND_ROOT["path"]:
         nvidia, gpus = host.nvidia_facts(module.params["pynvml_path"],
                                          module.params["sysfs_root"])
     else:

@@ -52,8 +52,14 @@ options:
     type: list
     elements: str
   units:
-    description: Unit name per instance (for C(inspect)); default C(vllama-<name>.service).
+    description:
+      - Unit name per instance (for C(inspect)); default C(vllama-<name>.service).
+      - C(system/LABEL) names a launchd job (a Mac), read with C(launchctl print).
     type: dict
+  launchctl:
+    description: launchctl's path on a Mac (the tests' stand-in Mac keeps an imitation elsewhere).
+    type: path
+    default: /bin/launchctl
   name:
     description: The instance to switch (C(switch)).
     type: str
@@ -132,6 +138,7 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.urls import ConnectionError as UrlError
 from ansible.module_utils.urls import open_url
 from ansible_collections.vllama.provision.plugins.module_utils.vllama_releases import (
+    LAUNCHCTL,
     inspect_instances,
     instance_names,
     link_target,
@@ -144,6 +151,7 @@ from ansible_collections.vllama.provision.plugins.module_utils.vllama_releases i
 
 
 def inspect(params):
+    LAUNCHCTL["path"] = params.get("launchctl") or LAUNCHCTL["path"]
     history = read_history(params["history"])
     out = inspect_instances(params["install_root"], history, params.get("instances"),
                             params.get("units") or {})
@@ -348,6 +356,7 @@ def main():
             "history": {"type": "path", "required": True},
             "instances": {"type": "list", "elements": "str"},
             "units": {"type": "dict"},
+            "launchctl": {"type": "path", "default": "/bin/launchctl"},
             "name": {"type": "str"},
             "release": {"type": "str"},
             "records": {"type": "list", "elements": "dict"},
