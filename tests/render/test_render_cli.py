@@ -24,7 +24,7 @@ def _render(inventory: str, out: Path) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.mark.parametrize(("inventory", "hosts"), [
-    ("inventory/lab.yml", {"gpu-01": 2, "gpu-02": 4, "mac-studio": 1}),
+    ("inventory/lab.yml", {"gpu-01": 2, "gpu-02": 4, "mac-studio": 4}),
     ("inventory/local.yml", {"default-1": 2}),
 ])
 def test_render_validate_checks_every_file(tmp_path: Path, inventory: str,
@@ -50,9 +50,27 @@ def test_render_validate_checks_every_file(tmp_path: Path, inventory: str,
 def test_every_validator_the_planner_names_is_dispatched() -> None:
     assert set(validators.VALIDATORS) == {"systemd", "compose", "plist", "env", "haproxy",
                                           "promtool-rules", "promtool-web", "promtool-config",
-                                          "systemd-dropin", "systemd-docker"}
+                                          "systemd-dropin", "systemd-docker", "json",
+                                          "newsyslog"}
     with pytest.raises(ValueError, match=r"unknown validator 'ini'.*known: compose, env"):
         validators.validate_file("ini", "", dest="/etc/x.ini")
+
+
+def test_a_macs_release_file_and_log_rotation_are_checked() -> None:
+    """engine.json (the launcher's words and environment) and newsyslog.conf(5) lines: each
+    validator catches what would break the Mac's server or its rotation."""
+    good = '{"argv": ["-m", "/m.gguf"], "env": {"A": "1"}}'
+    assert validators.validate_file("json", good, dest="/x/engine.json") == []
+    assert validators.validate_file("json", '{"argv": ["-m", 1], "env": {}}',
+                                    dest="/x/engine.json") == ["argv must be a list of strings"]
+    assert validators.validate_file("json", "{", dest="/x/engine.json")[0].startswith("not JSON")
+    line = "/Library/Logs/vllama/a/stdout.log\troot:wheel\t640\t7\t10240\t*\tJN\n"
+    assert validators.validate_file("newsyslog", "# c\n" + line, dest="/etc/n.conf") == []
+    assert validators.validate_file("newsyslog", line.replace("640", "6x0").replace("JN", "JQ"),
+                                    dest="/etc/n.conf") == [
+        "line 1: mode 6x0 is not octal", "line 1: unknown flags Q"]
+    assert validators.validate_file("newsyslog", "logs/a.log 640 7\n", dest="/etc/n.conf") == [
+        "line 1: 3 fields; logfilename [owner:group] mode count size when flags"]
 
 
 def test_validate_file_reports_a_broken_unit_without_an_instance() -> None:

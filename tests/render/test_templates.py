@@ -143,7 +143,8 @@ def every_file(cases: dict[str, Case], examples: dict[str, Case],
     out = []
     for case in [*examples.values(), *cases.values()]:
         by_name = {i.name: i for i in case.plan.instances}
-        out += [(case, by_name[f.instance], f) for f in case.files]
+        # A Mac's host-level files ("(host)": log rotation, wired limit) with its instance.
+        out += [(case, by_name.get(f.instance, case.plan.instances[0]), f) for f in case.files]
     return out
 
 
@@ -197,6 +198,8 @@ def test_every_file_starts_with_the_managed_notice(every_file: list) -> None:
             lines = item.content.splitlines()
             assert lines[0].startswith("<?xml ") and lines[1].startswith("<!DOCTYPE plist")
             assert lines[2:5] == ["<!--", MANAGED, "-->"]
+        elif item.validator == "json":  # JSON has no comments: its _comment member
+            assert json.loads(item.content)["_comment"] == MANAGED, item.dest
         else:
             assert item.content.startswith(f"#\n# {MANAGED}\n#\n"), item.dest
 
@@ -444,28 +447,38 @@ def test_plist(cases: dict[str, Case]) -> None:
     instance = case.instance
     data = plistlib.loads(case.file("plist").content.encode())
     assert data["Label"] == instance.paths["launchd_label"]
-    # The launcher in the engine's venv (xllamacpp), run like the official binary.
-    assert data["ProgramArguments"] == [f"{instance.paths['engine_venv']}/bin/llama-server",
-                                        *instance.argv]
-    assert "--api-key-file" in data["ProgramArguments"]
+    # Static: the current release's launcher (xllamacpp's venv) reads the release's file.
+    current = instance.paths["current"]
+    assert data["ProgramArguments"] == [f"{current}/engine/bin/python",
+                                        f"{current}/engine/bin/llama-server",
+                                        "--release-file", f"{current}/engine.json"]
     assert data["UserName"] == case.plan.service_user
     assert data["RunAtLoad"] is True and data["KeepAlive"] == {"SuccessfulExit": False}
+    assert data["ExitTimeOut"] == case.plan.stop_timeout
     assert data["StandardErrorPath"].startswith(instance.paths["log_dir"] + "/")
-    assert data["EnvironmentVariables"]["HF_HUB_OFFLINE"] == "1"
+    # The release's file holds the words (the key file's path, never the key) and environment.
+    release = json.loads(case.file("json").content)
+    assert release["argv"] == instance.argv and "--api-key-file" in release["argv"]
+    assert release["env"]["HF_HUB_OFFLINE"] == "1" and release["release"] == instance.release
 
 
 def test_plist_escapes_xml(cases: dict[str, Case]) -> None:
     import plistlib
 
     case = cases["macos-llama-server"]
-    tricky = ["--alias", "a<b>&\"c'", "--x=]]>"]
-    instance = dataclasses.replace(case.instance, argv=[*case.instance.argv, *tricky],
-                                   env={**case.instance.env, "X": "<&>"})
+    tricky = "/opt/a<b>&\"c'/]]>"
+    paths = {**case.instance.paths, "current": tricky, "cache": tricky}
+    instance = dataclasses.replace(case.instance, paths=paths)
     text = render_template("launchd/vllama-engine.plist.j2", template_vars(case.plan, instance))
     assert validators.verify_plist(text) == []
     data = plistlib.loads(text.encode())
-    assert data["ProgramArguments"][-3:] == tricky
-    assert data["EnvironmentVariables"]["X"] == "<&>"
+    assert data["ProgramArguments"][-1] == f"{tricky}/engine.json"
+    assert data["EnvironmentVariables"]["HOME"] == tricky
+    # The release file's words survive JSON whatever they hold.
+    words = ["--alias", "a<b>&\"c'", "--x=]]>"]
+    instance = dataclasses.replace(case.instance, argv=[*case.instance.argv, *words])
+    text = render_template("launchd/vllama-engine.json.j2", template_vars(case.plan, instance))
+    assert json.loads(text)["argv"][-3:] == words
 
 
 # ---------------------------------------------------------------------------------------------

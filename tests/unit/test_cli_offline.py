@@ -167,7 +167,11 @@ def test_render_writes_every_file_under_out_host(offline: list[str], tmp_path: P
         "gpu-02/etc/systemd/system/vllama-qwen-1-5b.service",
         f"gpu-02/opt/vllama/instances/qwen-0-5b/releases/{release['qwen-0-5b']}/compose.yml",
         "gpu-02/etc/systemd/system/vllama-qwen-0-5b.service",
+        # A Mac: its release's engine.json, the static plist, the logs' rotation.
+        f"mac-studio/opt/vllama/instances/smollm2/releases/{release['smollm2']}/engine.json",
         "mac-studio/Library/LaunchDaemons/org.vllama.smollm2.plist",
+        "mac-studio/etc/newsyslog.d/vllama.conf",
+        "mac-studio/Library/LaunchDaemons/org.vllama.wired-limit.plist",
         # The gateway: planned from the whole fleet (no key copies here: routes to nothing yet).
         "gateway-01/etc/vllama/gateway/haproxy.cfg",
         "gateway-01/etc/vllama/gateway/gateway.lua",

@@ -211,14 +211,16 @@ def test_the_facts_module_reads_a_mac_through_its_commands(monkeypatch: pytest.M
 
     from ansible_collections.vllama.provision.plugins.modules import vllama_host_facts as module
 
+    # macOS's commands by absolute path (under vllama_macos_command_root: empty on a Mac).
     answers = {
-        ("sysctl", "-n", "machdep.cpu.brand_string"): "Apple M3 Max\n",
-        ("sw_vers",): "ProductName:\t\tmacOS\nProductVersion:\t\t14.1\nBuildVersion:\t\t23B2073\n",
-        ("sysctl", "-n", "iogpu.wired_limit_mb"): "0\n",
-        ("system_profiler", "SPDisplaysDataType", "-json"): json.dumps(
+        ("/usr/sbin/sysctl", "-n", "machdep.cpu.brand_string"): "Apple M3 Max\n",
+        ("/usr/bin/sw_vers",): "ProductName:\t\tmacOS\nProductVersion:\t\t14.1\n"
+                               "BuildVersion:\t\t23B2073\n",
+        ("/usr/sbin/sysctl", "-n", "iogpu.wired_limit_mb"): "0\n",
+        ("/usr/sbin/system_profiler", "SPDisplaysDataType", "-json"): json.dumps(
             {"SPDisplaysDataType": [{"_name": "Apple M3 Max", "sppci_cores": "40"}]}),
-        ("fdesetup", "status"): "FileVault is On.\n",
-        ("xcode-select", "-p"): "/Library/Developer/CommandLineTools\n",
+        ("/usr/bin/fdesetup", "status"): "FileVault is On.\n",
+        ("/usr/bin/xcode-select", "-p"): "/Library/Developer/CommandLineTools\n",
         ("/usr/bin/python3", "--version"): "Python 3.9.6\n",
         ("/opt/homebrew/bin/python3", "--version"): "Python 3.12.4\n",
     }

@@ -92,7 +92,7 @@ def test_lab_inventory_plan_offline(lab: dict[str, HostPlan]) -> None:
     assert (smol.engine, smol.deploy, smol.server, smol.service_manager) == (
         "llamacpp", "native", "llama-server", "launchd")
     assert smol.backend == "metal"
-    assert [f["validator"] for f in smol.files] == ["plist"]
+    assert [f["validator"] for f in smol.files] == ["json", "plist"]
     assert _flag(smol.argv, "-c") == "8192"
 
 
