@@ -81,7 +81,10 @@ def rollout_cmd(command: str, inventory: Path, hosts: list[str], *, batch: str |
 @inventory_argument
 @click.option("--engine", "engine", required=True, type=click.Choice(ENGINES),
               help="The engine to upgrade.")
-@click.option("--version", "version", required=True, help="The engine version to roll out.")
+@click.option("--version", "versions", required=True, multiple=True,
+              help="The engine version to roll out. Repeat it for a mixed fleet, one version "
+                   "per server (llama-cpp-python's on Linux, xllamacpp's on Macs): each host "
+                   "takes the one that is its server's.")
 @limit_option
 @batch_options
 @click.option("--prepare-only", is_flag=True,
@@ -96,7 +99,8 @@ def rollout_cmd(command: str, inventory: Path, hosts: list[str], *, batch: str |
 @verbose_option
 @bundle_options
 @strategy_option
-def upgrade(inventory: Path, engine: str, version: str, limit: str | None, batch: str | None,
+def upgrade(inventory: Path, engine: str, versions: tuple[str, ...], limit: str | None,
+            batch: str | None,
             max_fail: int, prepare_only: bool, allow_downgrade: bool, write_inventory: bool,
             check: bool, break_lock: bool, json_out: str | None, verbose: int,
             bundle: Path | None, bundle_key: Path | None, strategy: Strategy) -> None:
@@ -108,8 +112,10 @@ def upgrade(inventory: Path, engine: str, version: str, limit: str | None, batch
     rollout stops once more hosts failed than --max-fail allows. With --bundle, everything is
     installed from a signed offline bundle (see `bundle`).
     """
+    version = versions[0]
     extravars: dict[str, Any] = {"vllama_engine_override": {"engine": engine,
-                                                            "version": version}}
+                                                            "version": version,
+                                                            "versions": list(versions)}}
     if allow_downgrade:
         extravars["vllama_allow_downgrade"] = True
     names, hosts = target_hosts(inventory, limit, engine)
@@ -125,7 +131,8 @@ def upgrade(inventory: Path, engine: str, version: str, limit: str | None, batch
                          strategy=strategy)
     done = report.exit_code == 0 and not prepare_only
     if done:
-        _inventory_edit(inventory, hosts, engine, version, report, write=write_inventory)
+        for each in versions:
+            _inventory_edit(inventory, hosts, engine, each, report, write=write_inventory)
     elif write_inventory:
         why = "--prepare-only" if prepare_only else "the rollout did not complete"
         click.echo(f"inventory: not changed ({why}); {inventory} still names the version the "
@@ -138,7 +145,8 @@ def _inventory_edit(inventory: Path, hosts: list[Any], engine: str, version: str
     from vllama_provision.inventory_edit import set_engine_version
 
     targets = {(h.name, i.name) for h in hosts
-               for i in report.host(h.name).instances if i.engine == engine}
+               for i in report.host(h.name).instances
+               if i.engine == engine and i.engine_version == version}
     names = sorted({inst for _host, inst in targets})
     if not names:
         return

