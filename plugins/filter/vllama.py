@@ -8,7 +8,7 @@ import os
 from ansible.errors import AnsibleFilterError
 from ansible_collections.vllama.provision.plugins.module_utils.vllama_state import (
     key_digest,
-    pmset_values,
+    pmset_changes,
 )
 
 
@@ -194,12 +194,8 @@ def vllama_pmset_args(pmset_output, wanted):
     """``pmset -a``'s arguments (NAME VALUE ...) for the settings ``pmset -g`` shows otherwise
     than wanted ([]: nothing to set); read as the converged check reads them. A setting the
     Mac does not list is one it does not have, and is left out."""
-    got = pmset_values(pmset_output or "")
-    args = []
-    for name, value in sorted((wanted or {}).items()):
-        if name in got and got[name] != str(value):
-            args += [name, str(value)]
-    return args
+    return [word for name, _now, value in pmset_changes(pmset_output, wanted)
+            for word in (name, value)]
 
 
 def vllama_changed_units(rendered):

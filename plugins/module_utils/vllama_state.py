@@ -17,6 +17,7 @@ import pwd
 import stat
 import subprocess
 
+from ansible_collections.vllama.provision.plugins.module_utils import vllama_launchd as launchd
 from ansible_collections.vllama.provision.plugins.module_utils.vllama_releases import (
     LAUNCHCTL,
     inspect_instances,
@@ -167,14 +168,18 @@ def check_release(diff, where, inst):
 
 
 def pmset_values(text):
-    """``pmset -g``'s settings (name -> value as printed; trailing notes such as "(sleep
-    prevented by ...)" ignored)."""
-    values = {}
-    for line in text.splitlines():
-        words = line.split()
-        if len(words) >= 2 and words[0].isidentifier() and words[1].lstrip("-").isdigit():
-            values[words[0]] = words[1]
-    return values
+    """The numeric settings ``pmset -a`` takes, from ``pmset -g`` (its parser, in
+    vllama_launchd); named settings such as "Sleep On Power Button" and paths left out."""
+    return {name: value for name, value in launchd.parse_pmset(text).items()
+            if name.isidentifier() and value.lstrip("-").isdigit()}
+
+
+def pmset_changes(text, wanted):
+    """(name, value now, value wanted) for each wanted setting ``pmset -g`` shows otherwise. A
+    setting the Mac does not list (no autorestart on some models) is not its to have."""
+    got = pmset_values(text or "")
+    return [(name, got[name], str(value)) for name, value in sorted((wanted or {}).items())
+            if name in got and got[name] != str(value)]
 
 
 def check_macos(diff, macos):
@@ -182,11 +187,8 @@ def check_macos(diff, macos):
     root = macos.get("command_root") or ""
     out = subprocess.run([root + "/usr/bin/pmset", "-g"], capture_output=True, text=True,
                          check=False)
-    got = pmset_values(out.stdout)
-    for name, value in sorted((macos.get("pmset") or {}).items()):
-        # A setting this Mac does not list (no autorestart on some models) is not its to have.
-        if name in got and got[name] != str(value):
-            diff.add("configure", f"pmset {name} is {got.get(name, 'unset')}, not {value}")
+    for name, now, value in pmset_changes(out.stdout, macos.get("pmset")):
+        diff.add("configure", f"pmset {name} is {now}, not {value}")
     wired = subprocess.run([root + "/usr/sbin/sysctl", "-n", "iogpu.wired_limit_mb"],
                            capture_output=True, text=True, check=False).stdout.strip()
     if wired != str(macos.get("wired_limit_mb", 0)):
