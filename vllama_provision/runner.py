@@ -6,6 +6,7 @@ live progress printer, so what the table says at the end is what Ansible reporte
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -19,6 +20,7 @@ from typing import Any
 
 import click
 
+from vllama_provision import facts as facts_cache
 from vllama_provision import paths
 from vllama_provision.errors import RunError
 from vllama_provision.report import HostReport, Report
@@ -30,6 +32,8 @@ _VERIFY_ACTION = "vllama_verify"
 _FACTS_ACTION = "vllama_host_facts"
 _RELEASE_ACTION = "vllama_release"
 _STATE_ACTION = "vllama_state"
+# The converged check before the play: for a converged host, its plan and comparison.
+_CONVERGED_ACTION = "vllama_converged"
 _GATEWAY_PLAN_ACTION = "vllama_gateway_plan"
 _HAPROXY_ACTION = "vllama_haproxy"
 # Tasks whose failure is a refusal (nothing changed yet) start with this word.
@@ -230,7 +234,11 @@ class EventHandler:
     def _collect(self, host: str, action: str, res: dict[str, Any]) -> None:
         short = action.rsplit(".", 1)[-1]
         report = self.result.report.host(host)
-        if short == _PLAN_ACTION and isinstance(res.get("plan"), dict):
+        if short == _CONVERGED_ACTION and res.get("converged"):
+            self._collect(host, _PLAN_ACTION, res)
+            self._collect(host, _STATE_ACTION, res)
+            self.progress.note(host, "matches its desired state: nothing else runs")
+        elif short == _PLAN_ACTION and isinstance(res.get("plan"), dict):
             plan = res["plan"]
             self.result.plans[host] = plan
             for inst in plan.get("instances") or []:
@@ -416,7 +424,9 @@ def run_playbook(request: RunRequest, *, progress: Progress | None = None,
             envvars=ansible_env(request.strategy), event_handler=event_with_echo,
             status_handler=status_handler, quiet=True, verbosity=request.verbosity or None,
             forks=request.forks, project_dir=str(paths.playbooks_dir()),
-            suppress_env_files=True)
+            # Facts live for one run (the role gathers its own every time): ansible-runner's
+            # default JSON file cache would be read back from disk for every host and task.
+            fact_cache_type="memory", suppress_env_files=True)
     except Exception as exc:  # ansible-runner raises plain exceptions for setup problems
         raise RunError(f"could not start Ansible: {exc}") from exc
     result.artifacts = Path(runner.config.artifact_dir) if runner.config else None
@@ -438,4 +448,8 @@ def run_playbook(request: RunRequest, *, progress: Progress | None = None,
                 entry.error = (f"the Ansible run ended before the play finished "
                                f"(status {runner.status}, rc {runner.rc})")
     handler.settle()
+    for host, facts in result.facts.items():
+        # The next run's converged check plans from them (vllama_converged).
+        with contextlib.suppress(OSError):
+            facts_cache.save_seen(request.inventory, host, facts)
     return result

@@ -29,7 +29,7 @@ import importlib
 from ansible.plugins.callback import CallbackBase
 
 # The actions every run of the vllama role executes on every host (a converged run included).
-PRELOADED = ("vllama_plan", "vllama_state", "vllama_sources")
+PRELOADED = ("vllama_plan", "vllama_state", "vllama_sources", "vllama_converged")
 PACKAGE = "ansible_collections.vllama.provision.plugins.action"
 
 

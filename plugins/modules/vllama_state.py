@@ -58,13 +58,32 @@ options:
         and the result has C(acquired=false) and C(held_by).
     type: dict
     default: {}
-  release_unchanged:
+  release:
     description:
-      - With O(lock_path), release the lock in the same round trip when nothing differs (no
-        phase must run), so a converged host needs no second round trip to unlock it. The
-        result then has C(released=true).
-    type: bool
-    default: false
+      - With O(lock_path), when to release the lock in the same round trip. V(never) keeps it
+        for the phases that follow; V(unchanged) releases it when nothing differs (no phase
+        must run), so a converged host needs no second round trip to unlock it; V(always)
+        releases it whatever differs (the converged check of M(vllama.provision.vllama_converged),
+        after which a changed host goes through the whole play). The result has
+        C(released).
+    type: str
+    choices: [never, unchanged, always]
+    default: never
+  facts:
+    description:
+      - Gather the host's facts first, in the same round trip, as
+        M(vllama.provision.vllama_host_facts) does with these options (C(pynvml_path),
+        C(sysfs_root), C(macos_command_root)); the result has C(vllama_facts) and
+        C(facts_digest). Empty gathers none.
+    type: dict
+    default: {}
+  facts_digest:
+    description:
+      - With O(facts), the digest of the facts the desired state was planned from. When the
+        host's facts differ, nothing is locked or compared and the result has
+        C(facts_changed=true).
+    type: str
+    default: ""
   key_digests:
     description:
       - The key each instance's key file must hold, as the C(vllama_key_digests) filter gives
@@ -97,9 +116,20 @@ acquired:
   returned: with lock_path
   type: bool
 released:
-  description: Whether the lock was released again because nothing differs
-    (O(release_unchanged)).
-  returned: with lock_path and release_unchanged
+  description: Whether the lock was released again in this round trip (O(release)).
+  returned: with lock_path
+  type: bool
+vllama_facts:
+  description: The host's facts (with O(facts)).
+  returned: with facts
+  type: dict
+facts_digest:
+  description: The digest of the host's facts (with O(facts)).
+  returned: with facts
+  type: str
+facts_changed:
+  description: The host's facts differ from O(facts_digest); nothing was locked or compared.
+  returned: with facts and facts_digest
   type: bool
 differences:
   description: What differs from the desired state, one sentence each, prefixed by the instance.
@@ -129,6 +159,7 @@ instances:
 """
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.vllama.provision.plugins.module_utils import vllama_host_facts
 from ansible_collections.vllama.provision.plugins.module_utils.vllama_lock import acquire, release
 from ansible_collections.vllama.provision.plugins.module_utils.vllama_state import compare
 
@@ -142,28 +173,44 @@ def main():
         "lock_wait": {"type": "int", "default": 0},
         "break_lock": {"type": "bool", "default": False},
         "lock": {"type": "dict", "default": {}},
-        "release_unchanged": {"type": "bool", "default": False},
+        "release": {"type": "str", "default": "never",
+                    "choices": ["never", "unchanged", "always"]},
+        "facts": {"type": "dict", "default": {}},
+        "facts_digest": {"type": "str", "default": ""},
     }, supports_check_mode=True)
+    gathered = {}
+    if module.params["facts"]:
+        # The facts first: a desired state planned from other facts is not compared.
+        options = module.params["facts"]
+        facts = vllama_host_facts.gather(options.get("pynvml_path") or "",
+                                         options.get("sysfs_root") or "/sys",
+                                         options.get("macos_command_root") or "")
+        gathered = {"vllama_facts": facts, "facts_digest": vllama_host_facts.digest(facts)}
+        expected = module.params["facts_digest"]
+        if expected and expected != gathered["facts_digest"]:
+            module.exit_json(changed=False, facts_changed=True, **gathered)
     lock = module.params["lock"]
     if lock:
         # The comparison runs under the host lock: taken here, in the same round trip.
         taken = acquire(lock["path"], lock["owner"], lock.get("replace_run_id") or "",
                         bool(lock.get("check_mode")))
         if not taken["acquired"]:
-            module.exit_json(changed=False, **taken)
+            module.exit_json(changed=False, **taken, **gathered)
     else:
         taken = {}
     try:
         result = compare(module.params["desired"], module.params["history"],
                          module.params["key_digests"])
     except (OSError, ValueError, KeyError, TypeError) as exc:
+        if lock and module.params["release"] == "always":
+            release(lock["path"], lock["owner"], bool(lock.get("check_mode")))
         module.fail_json(msg=f"cannot compare the host with its desired state: {exc}")
-    if lock and module.params["release_unchanged"]:
-        # Nothing to change: the lock goes in this same round trip.
-        taken["released"] = not result["phases"]
+    if lock:
+        when = module.params["release"]
+        taken["released"] = when == "always" or (when == "unchanged" and not result["phases"])
         if taken["released"]:
             release(lock["path"], lock["owner"], bool(lock.get("check_mode")))
-    module.exit_json(changed=False, **taken, **result)
+    module.exit_json(changed=False, **taken, **result, **gathered)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
+from vllama_provision import facts as fact_cache
 from vllama_provision import paths
 from vllama_provision.verify import read_key
 
@@ -147,6 +149,33 @@ def test_second_apply_changes_nothing_and_does_not_restart(lab: Any, inventory: 
         assert result.host(host.name)["phases"] == []
         inst = result.instance(host.name, "smollm2")
         assert inst["verified"] is True and inst["verified_from"] == ["controller"]
+        # One round trip: the converged check before the play ended the play for the host.
+        assert f"{host.name:<16}   matches its desired state: nothing else runs" in result.stderr
+        assert f"{host.name:<16} done: 1 ok, 0 changed\n" in result.stderr + "\n"
+
+
+def test_a_host_whose_facts_changed_goes_through_the_whole_play(lab: Any, inventory: Path,
+                                                               run_cli: Any) -> None:
+    """The converged check plans from the facts of the last run: when the host's own facts
+    differ (here the controller's record is made to say another kernel), nothing is compared
+    on those facts; the whole play gathers, plans and compares again, finds nothing to change,
+    and the record is the host's facts again."""
+    host = lab.hosts[0]
+    record = fact_cache.seen_folder(inventory) / f"{host.name}.json"
+    facts = json.loads(record.read_text())
+    kernel = facts["platform"]["kernel"]
+    facts["platform"]["kernel"] = "0.0.1-not-this-host"
+    record.write_text(json.dumps(facts))
+    pid = _main_pid(host)
+    result = run_cli("apply", str(inventory), "--limit", host.name)
+    assert result.rc == 0, result.stderr
+    entry = result.host(host.name)
+    assert (entry["status"], entry["changed"], entry["differences"]) == ("ok", 0, [])
+    assert "matches its desired state" not in result.stderr
+    done = re.search(rf"{re.escape(host.name)}\s+done: (\d+) ok", result.stderr)
+    assert done and int(done.group(1)) > 1, result.stderr[-2000:]  # the play's own tasks ran
+    assert _main_pid(host) == pid
+    assert json.loads(record.read_text())["platform"]["kernel"] == kernel
 
 
 # --- drift: every kind of it is found by the converged check and repaired by the next apply ---

@@ -209,7 +209,9 @@ def test_the_facts_module_reads_a_mac_through_its_commands(monkeypatch: pytest.M
     here): the recorded sw_vers, then what each command prints on an M3 Max."""
     import subprocess
 
-    from ansible_collections.vllama.provision.plugins.modules import vllama_host_facts as module
+    from ansible_collections.vllama.provision.plugins.module_utils import (
+        vllama_host_facts as module,
+    )
 
     # macOS's commands by absolute path (under vllama_macos_command_root: empty on a Mac).
     answers = {

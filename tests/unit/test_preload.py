@@ -30,7 +30,8 @@ def test_the_preload_imports_every_named_action_and_the_planner() -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = dict(line.split(" ", 1) for line in proc.stdout.splitlines())
     assert lines.pop("package") == "True False"  # planning without the HTTP client
-    assert lines == {"vllama_plan": "True", "vllama_state": "True", "vllama_sources": "True"}
+    assert lines == {"vllama_plan": "True", "vllama_state": "True", "vllama_sources": "True",
+                     "vllama_converged": "True"}
     for name in lines:
         assert (ROOT / "plugins" / "action" / f"{name}.py").is_file()
 

@@ -246,3 +246,33 @@ def test_the_controller_waits_replaces_a_stale_lock_or_refuses() -> None:
     assert LOCK.take(held_by(elsewhere), me, 0, False, lambda pid: False, sleep=0)["failed"]
     broken = LOCK.take(held_by(elsewhere), me, 0, True, lambda pid: False, sleep=0)
     assert broken["acquired"] and "broken on request" in broken["msg"]
+
+
+def test_the_facts_are_gathered_first_and_compared_by_digest(tree: dict[str, Any],
+                                                             tmp_path: Path) -> None:
+    """The converged check's round trip: the module gathers the host's facts (this machine's)
+    and compares their digest with the facts the controller planned from. Other facts: nothing
+    is locked or compared. The same facts: locked, compared and, with release=always, unlocked
+    again whatever differs."""
+    facts_mu = importlib.import_module(
+        "ansible_collections.vllama.provision.plugins.module_utils.vllama_host_facts")
+    lock = tmp_path / "state/lock"
+    args = {"desired": tree["desired"], "history": tree["history"],
+            "lock": {"path": str(lock), "owner": {"run_id": "run-1", "pid": 1}},
+            "release": "always", "facts": {"sysfs_root": str(tmp_path / "no-sysfs")},
+            "facts_digest": "0" * 64}
+    other = _run_module(tmp_path, args)
+    assert other["facts_changed"] is True, other
+    assert other["vllama_facts"]["platform"]["system"] == "Linux"
+    assert "acquired" not in other and "differences" not in other and not lock.exists()
+    # The digest is the same function on both sides (the controller imports module_utils).
+    assert other["facts_digest"] == facts_mu.digest(other["vllama_facts"])
+    same = _run_module(tmp_path, {**args, "facts_digest": other["facts_digest"]})
+    assert "facts_changed" not in same, same
+    # (Run as a separate process here, the units are asked of this machine's systemctl: they
+    # differ, so phases run; what matters is that the lock is released all the same.)
+    assert same["acquired"] is True and same["released"] is True and "phases" in same
+    assert not lock.exists()
+    kept = _run_module(tmp_path, {**args, "facts_digest": other["facts_digest"],
+                                  "release": "unchanged"})
+    assert kept["phases"] and kept["released"] is False and lock.exists()
