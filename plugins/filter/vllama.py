@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
 import os
 
 from ansible.errors import AnsibleFilterError
@@ -294,30 +296,73 @@ def vllama_desired(plan, sources):
 
 
 def vllama_key_digests(plan, keys_dir):
-    """Which key each instance's key file must hold, as salted digests (fresh salt per run).
+    """Which key each instance's key file must hold, as salted digests.
 
     The inventory's ``api_key_file`` when set, otherwise the controller's copy of the key
     (``keys_dir``/NAME.key); an instance with neither is left out (its key is generated or
     restored by the configure phase, which the missing controller copy already sends it to).
     Runs on the controller; the result goes to ``vllama_state``'s no_log option ``key_digests``.
+    The digest is slow on purpose (PBKDF2, about 0.1 s each): ``keys_dir``/.digests.json (0600,
+    beside the key copies) keeps a random salt and each digest with its source file's identity
+    (size, mtime, inode, ctime), so a key is digested again only when its file changed.
     """
-    salt = os.urandom(16).hex()
-    digests = {}
+    cache_path = os.path.join(keys_dir, ".digests.json")
+    cache = _read_digest_cache(cache_path)
+    salt = cache["salt"]
+    digests, known = {}, {}
     for inst in plan["instances"]:
         source = inst.get("api_key_file") or os.path.join(keys_dir, f"{inst['name']}.key")
         try:
             with open(source, encoding="utf-8") as handle:
-                key = handle.read()
+                identity = _identity(os.fstat(handle.fileno()))
+                record = cache["keys"].get(source) or {}
+                digest = record.get("digest") if record.get("identity") == identity else None
+                if digest is None:
+                    key = handle.read()
+                    digest = key_digest(key, salt) if key.strip() else ""
         except OSError as exc:
             if inst.get("api_key_file"):
                 raise AnsibleFilterError(
                     f"{inst['name']}: cannot read api_key_file {source}: {exc.strerror}") from None
             continue
-        if key.strip():
-            digests[inst["name"]] = {"digest": key_digest(key, salt),
+        known[source] = {"identity": identity, "digest": digest}
+        if digest:
+            digests[inst["name"]] = {"digest": digest,
                                      "source": "api_key_file" if inst.get("api_key_file")
                                      else "the controller's copy"}
+    if known != {k: v for k, v in cache["keys"].items() if k in known} and os.path.isdir(
+            keys_dir):
+        _write_digest_cache(cache_path, {"salt": salt, "keys": {**cache["keys"], **known}})
     return {"salt": salt, "keys": digests}
+
+
+def _identity(st):
+    return [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns]
+
+
+def _read_digest_cache(path):
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = json.load(handle)
+        if isinstance(data.get("salt"), str) and len(data["salt"]) == 32 and isinstance(
+                data.get("keys"), dict):
+            bytes.fromhex(data["salt"])
+            return data
+    except (OSError, ValueError, AttributeError):
+        pass
+    return {"salt": os.urandom(16).hex(), "keys": {}}
+
+
+def _write_digest_cache(path, data):
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(data, handle)
+        os.replace(tmp, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
 
 
 class FilterModule:

@@ -276,3 +276,28 @@ def test_the_facts_are_gathered_first_and_compared_by_digest(tree: dict[str, Any
     kept = _run_module(tmp_path, {**args, "facts_digest": other["facts_digest"],
                                   "release": "unchanged"})
     assert kept["phases"] and kept["released"] is False and lock.exists()
+
+
+def test_key_digests_are_kept_until_the_key_file_changes(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """The slow digest is computed once per key file: the controller keeps it (0600, beside
+    its key copies) with the file's identity and a random salt, and computes it again only when
+    the file changes."""
+    keys_dir = tmp_path / "keys"
+    keys_dir.mkdir(mode=0o700)
+    (keys_dir / "chat.key").write_text("secret\n")
+    computed: list[str] = []
+    real = FILTERS.key_digest
+    monkeypatch.setattr(FILTERS, "key_digest",
+                        lambda key, salt: computed.append(key) or real(key, salt))
+    plan = {"instances": [{"name": "chat", "api_key_file": ""}]}
+    first = FILTERS.vllama_key_digests(plan, str(keys_dir))
+    again = FILTERS.vllama_key_digests(plan, str(keys_dir))
+    assert first == again and computed == ["secret\n"]
+    cache = keys_dir / ".digests.json"
+    assert cache.stat().st_mode & 0o777 == 0o600 and "secret" not in cache.read_text()
+    (keys_dir / "chat.key").write_text("rotated\n")
+    rotated = FILTERS.vllama_key_digests(plan, str(keys_dir))
+    assert computed == ["secret\n", "rotated\n"]
+    assert rotated["salt"] == first["salt"]
+    assert rotated["keys"]["chat"]["digest"] == real("rotated\n", first["salt"])
