@@ -9,7 +9,11 @@ the host.
 from __future__ import annotations
 
 import contextlib
+import functools
+import hashlib
 import io
+import json
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -63,22 +67,65 @@ def render_template(template: str, variables: dict[str, Any]) -> str:
 
 def render_host(plan: HostPlan) -> list[RenderedFile]:
     """Every file of every instance of a host, with its destination on the host."""
-    rendered: list[RenderedFile] = []
+    return [RenderedFile(host=plan.host, instance=label, template=spec["template"], dest=dest,
+                         mode=spec["mode"], validator=spec["validator"],
+                         content=render_template(spec["template"], variables))
+            for label, spec, dest, variables in _host_files(plan)]
+
+
+def rendered_digests(plan: HostPlan) -> list[dict[str, str]]:
+    """The instance, destination, mode and content sha256 of every file :func:`render_host`
+    renders, as the converged check compares them. A digest is remembered under the cache
+    folder (``rendered/``), keyed by the template's name, every template's text, the variables
+    and ansible-core's version, so a host whose inputs did not change is not rendered again."""
+    return [{"instance": label, "dest": dest, "mode": spec["mode"],
+             "sha256": _rendered_digest(spec["template"], variables)}
+            for label, spec, dest, variables in _host_files(plan)]
+
+
+def _host_files(plan: HostPlan) -> list[tuple[str, dict[str, str], str, dict[str, Any]]]:
+    """(instance or "(host)", file spec, destination, template variables) of a host's files."""
+    found: list[tuple[str, dict[str, str], str, dict[str, Any]]] = []
     if plan.files:  # a Mac's host-level files (log rotation, wired limit)
         host = asdict(plan)
         host.pop("instances", None)
-        rendered += _render_files(plan.host, "(host)", plan.files, {
-            "_vllama_host": host, "_vllama_instances": [asdict(i) for i in plan.instances],
-            "ansible_managed": MANAGED})
+        variables = {"_vllama_host": host, "_vllama_instances": [asdict(i) for i in plan.instances],
+                     "ansible_managed": MANAGED}
+        found += [("(host)", spec, spec["dest"], variables) for spec in plan.files]
     for instance in plan.instances:
         variables = template_vars(plan, instance)
-        for spec in instance.files:
-            rendered.append(RenderedFile(
-                host=plan.host, instance=instance.name, template=spec["template"],
-                dest=spec["dest"].replace("{release}", instance.release), mode=spec["mode"],
-                validator=spec["validator"],
-                content=render_template(spec["template"], variables)))
-    return rendered
+        found += [(instance.name, spec, spec["dest"].replace("{release}", instance.release),
+                   variables) for spec in instance.files]
+    return found
+
+
+@functools.lru_cache(maxsize=1)
+def _templates_identity() -> str:
+    """Every template's path and text, and ansible-core's version, as one digest."""
+    from ansible import __version__ as ansible_version
+
+    digest = hashlib.sha256(f"ansible-core {ansible_version}\n{_OVERRIDES}\n".encode())
+    root = paths.templates_dir()
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        digest.update(f"{path.relative_to(root)}\0".encode() + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def _rendered_digest(template: str, variables: dict[str, Any]) -> str:
+    key = hashlib.sha256(json.dumps([_templates_identity(), template, variables], sort_keys=True,
+                                    default=str).encode()).hexdigest()
+    entry = paths.cache_dir() / "rendered" / key[:2] / key
+    with contextlib.suppress(OSError, UnicodeDecodeError):
+        known = entry.read_text(encoding="ascii").strip()
+        if len(known) == 64:
+            return known
+    digest = hashlib.sha256(render_template(template, variables).encode("utf-8")).hexdigest()
+    with contextlib.suppress(OSError):
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        tmp = entry.with_name(f".{key}.{os.getpid()}")
+        tmp.write_text(digest + "\n", encoding="ascii")
+        tmp.replace(entry)
+    return digest
 
 
 def _render_files(host: str, label: str, files: list[dict[str, str]],

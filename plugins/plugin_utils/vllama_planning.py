@@ -7,8 +7,6 @@ import the vllama_provision package first (and check its version).
 
 from __future__ import annotations
 
-import hashlib
-
 from ansible_collections.vllama.provision.plugins.plugin_utils.vllama_sources import resolve_into
 
 try:  # imported once, before the play (the callers report a missing package: require_package)
@@ -17,7 +15,7 @@ try:  # imported once, before the play (the callers report a missing package: re
     from vllama_provision.inventory import HostSpec, host_vars_from_task
     from vllama_provision.paths import key_path
     from vllama_provision.planner import EngineOverride, plan_host
-    from vllama_provision.render import MANAGED, render_host
+    from vllama_provision.render import MANAGED, rendered_digests
     from vllama_provision.validation import validate_host
 except ImportError:
     pass
@@ -53,10 +51,7 @@ def plan_into(result, task_vars, templar, facts, validate=False, deployed_only=F
     data["managed"] = MANAGED
     if plan.platform is not None and not plan.refused:
         # What the host's files must hold (the converged check compares their hashes)...
-        data["rendered"] = [
-            {"instance": f.instance, "dest": f.dest, "mode": f.mode,
-             "sha256": hashlib.sha256(f.content.encode("utf-8")).hexdigest()}
-            for f in render_host(plan)]
+        data["rendered"] = rendered_digests(plan)
         # ... and which key copies this controller holds (verification reads them).
         data["controller_keys"] = {i.name: key_path(host, i.name).is_file()
                                    for i in plan.instances}

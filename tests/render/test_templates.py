@@ -10,8 +10,10 @@ the role hand them. Validators: ``systemd-analyze verify`` (any output fails), C
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,7 @@ from typing import Any
 import pytest
 import yaml
 
-from vllama_provision import gpu, validators
+from vllama_provision import gpu, render, validators
 from vllama_provision.gateway import gateway_files, gateway_paths
 from vllama_provision.inventory import load_inventory
 from vllama_provision.monitoring import (
@@ -630,3 +632,40 @@ def test_container_capabilities(cases: dict[str, Case]) -> None:
         assert engine["cap_drop"] == ["ALL"]
         assert engine["cap_add"] == ["DAC_OVERRIDE"]
         assert engine["init"] is True
+
+
+def test_the_converged_check_compares_the_digests_of_these_very_files(
+        cases: dict[str, Case], examples: dict[str, Case], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The plan's digests (what the converged check compares with the host) are the sha256 of
+    exactly what render_host renders; remembered under the cache folder, they are not rendered
+    again for the same inputs, and any other template text or variable renders again."""
+    monkeypatch.setenv("VLLAMA_CACHE_DIR", str(tmp_path / "cache"))
+    for case in [*cases.values(), *examples.values()]:
+        digests = render.rendered_digests(case.plan)
+        assert digests == [{"instance": f.instance, "dest": f.dest, "mode": f.mode,
+                            "sha256": hashlib.sha256(f.content.encode()).hexdigest()}
+                           for f in case.files], case.name
+    plan = cases["cpu-llamacpp-native"].plan
+    calls: list[str] = []
+    real = render.render_template
+    monkeypatch.setattr(render, "render_template",
+                        lambda template, variables: calls.append(template) or real(template,
+                                                                                    variables))
+    first = render.rendered_digests(plan)
+    assert calls == [], "the same inputs were rendered again"
+    other = dataclasses.replace(plan, instances=[dataclasses.replace(
+        plan.instances[0], release="0123456789ab")])
+    assert render.rendered_digests(other) != first and calls
+    calls.clear()
+    templates = tmp_path / "templates"
+    shutil.copytree(REPO / "templates", templates)
+    unit = next(templates.rglob("vllama-engine.service.j2"))
+    unit.write_text(unit.read_text() + "\n# edited\n")
+    monkeypatch.setattr(render.paths, "templates_dir", lambda: templates)
+    render._templates_identity.cache_clear()
+    try:
+        edited = render.rendered_digests(plan)
+    finally:
+        render._templates_identity.cache_clear()
+    assert calls and edited != first
