@@ -18,17 +18,9 @@ from ansible_collections.vllama.provision.plugins.module_utils import vllama_mac
 from ansible_collections.vllama.provision.plugins.module_utils import vllama_nvidia_host as host
 
 
-def _read(path, default=""):
-    try:
-        with open(path, encoding="utf-8", errors="replace") as handle:
-            return handle.read().strip()
-    except OSError:
-        return default
-
-
 def _os_release():
     data = {}
-    for line in _read("/etc/os-release").splitlines():
+    for line in host.read_text("/etc/os-release").splitlines():
         if "=" in line:
             key, value = line.split("=", 1)
             data[key] = value.strip().strip('"')
@@ -65,7 +57,7 @@ def _memory_bytes(system):
     if system == "Darwin":
         out = _run([_mac("sysctl"), "-n", "hw.memsize"])
         return int(out.stdout.strip()) if out and out.returncode == 0 else 0
-    for line in _read("/proc/meminfo").splitlines():
+    for line in host.read_text("/proc/meminfo").splitlines():
         if line.startswith("MemTotal:"):
             return int(line.split()[1]) * 1024
     return 0
